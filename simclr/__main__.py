@@ -1,0 +1,5 @@
+import sys
+
+from simclr.cli import main
+
+sys.exit(main())

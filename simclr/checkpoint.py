@@ -1,0 +1,110 @@
+"""Atomic checkpoints (loaded with ``weights_only=True``) and the safetensors encoder export."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from simclr.errors import SimCLRError
+
+CHECKPOINT = "checkpoint.pt"
+ENCODER = "encoder.safetensors"
+_ENCODER_FORMAT = "simclr-encoder-v1"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``: a reader (or a crash) sees
+    the old file or the new one, never a partial one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write a training state (tensors, numbers, strings, lists, dicts) atomically."""
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: no code in the file can run."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise SimCLRError(f"checkpoint {path} not found; check the run directory") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise SimCLRError(
+            f"checkpoint {path} is corrupt or not a simclr checkpoint ({first}); "
+            "delete it to restart the run, or restore a good copy") from None
+
+
+def load_model_state(model: torch.nn.Module, state: dict, source: Path) -> None:
+    """``load_state_dict`` that turns an architecture mismatch into a one-line SimCLRError."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:200]
+        raise SimCLRError(
+            f"{source} holds a different model than the config ({detail}); use a new run dir "
+            "or the matching --model.* settings") from None
+
+
+def export_encoder(path: Path, encoder: torch.nn.Module, meta: dict[str, Any]) -> None:
+    """Encoder weights as safetensors with the settings needed to rebuild it.
+
+    The metadata is one sorted JSON string, so identical training gives identical files.
+    """
+    tensors = {k: v.detach().contiguous().cpu() for k, v in encoder.state_dict().items()}
+    header = {"simclr": json.dumps({"format": _ENCODER_FORMAT, **meta}, sort_keys=True)}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+def read_encoder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of an exported encoder."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("simclr", "{}"))
+        tensors = load_file(str(path))
+    except FileNotFoundError:
+        raise SimCLRError(f"encoder file {path} not found; check the path") from None
+    except (SafetensorError, OSError, json.JSONDecodeError) as e:
+        raise SimCLRError(
+            f"{path} is not a readable safetensors file ({e}); re-export it") from None
+    if meta.get("format") != _ENCODER_FORMAT:
+        raise SimCLRError(f"{path} has no simclr metadata; pass the --model.* settings it was "
+                          "trained with")
+    return tensors, meta
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,331 @@
+"""One dataclass config: defaults, YAML presets, ``--section.key=value`` overrides.
+
+Every value is checked against its field's type and every key against the fields of its
+section; a mistake is a :class:`SimCLRError` naming the key and the valid choices.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from simclr.errors import SimCLRError
+
+
+@dataclass
+class Data:
+    name: str = "cifar10"  # cifar10 | cifar100 | stl10 | fashion_mnist | mnist | folder
+    root: str | None = None  # folder/archive with the data; None -> default location/cache
+    subset: int = 0  # first N training images; 0 = all
+    image_size: int = 0  # resize to this side; 0 = the dataset's native size
+    download: bool = True  # fetch official files (md5-checked) when missing
+    split: str = "train"  # training split: train | unlabeled | train+unlabeled (STL-10)
+
+
+@dataclass
+class Augment:
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # area fraction of the random resized crop
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio range of the crop
+    flip_p: float = 0.5
+    jitter_strength: float = 0.5  # s: brightness/contrast/saturation 0.8s, hue 0.2s
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float | None = None  # None: 0.5 above 32 px, off at <= 32 px (the reference)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    mean: tuple[float, ...] | None = None  # per-channel; None -> measured on the training data
+    std: tuple[float, ...] | None = None
+
+
+@dataclass
+class Model:
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    width: float = 1.0  # multiplier of 64-128-256-512 channels
+    stem: str = "auto"  # cifar (3x3, no max-pool) | imagenet | auto (cifar for <= 64 px)
+    proj_layers: int = 2  # linear layers in the projection head
+    proj_hidden: int = 0  # hidden width; 0 = the encoder's feature dim
+    proj_dim: int = 128
+    proj_bn: bool = False  # BatchNorm after each hidden linear layer of the head
+
+
+@dataclass
+class Loss:
+    temperature: float = 0.5
+
+
+@dataclass
+class Optim:
+    name: str = "lars"  # lars | sgd | adam | adamw
+    lr: float = 1.0  # base lr, scaled by lr_scaling with the global batch
+    lr_scaling: str = "linear"  # linear (lr x B/256) | sqrt (lr x sqrt(B/256)) | none
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    nesterov: bool = False
+    eta: float = 1e-3  # LARS trust coefficient
+    warmup_epochs: float = 10.0
+    clip_grad_norm: float = 0.0  # 0 = off
+
+
+@dataclass
+class Train:
+    batch_size: int = 512  # global batch (images; each gives two views)
+    epochs: int = 100
+    max_steps: int = 0  # stop after this global step (schedule unchanged); 0 = no limit
+    seed: int = 0
+    device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    channels_last: bool = True
+    compile: bool = False
+    log_every: int = 50  # steps per metrics.jsonl window line
+    progress: bool = True  # tqdm progress bar
+
+
+@dataclass
+class Config:
+    data: Data = field(default_factory=Data)
+    augment: Augment = field(default_factory=Augment)
+    model: Model = field(default_factory=Model)
+    loss: Loss = field(default_factory=Loss)
+    optim: Optim = field(default_factory=Optim)
+    train: Train = field(default_factory=Train)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain nested dict (tuples become lists) for YAML and checkpoints."""
+        return _plain(asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _closest(word: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean '{match[0]}'? " if match else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints pass as floats, lists as tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except SimCLRError:
+                pass
+        raise SimCLRError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise SimCLRError(f"{key}: expected a list like 0.1,2.0, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise SimCLRError(f"{key}: expected {len(args)} values like 0.1,2.0, got {value!r}")
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise SimCLRError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _section_fields(section: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(section))
+    return {f.name: hints[f.name] for f in fields(section)}
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set ``cfg.<section>.<key>`` from a parsed value, checking the key and its type."""
+    sections = [f.name for f in fields(cfg)]
+    parts = dotted.split(".")
+    if len(parts) != 2 or parts[0] not in sections:
+        raise SimCLRError(
+            f"unknown config key '{dotted}': {_closest(parts[0], sections)}"
+            f"keys look like section.key with section one of {', '.join(sections)}"
+        )
+    section = getattr(cfg, parts[0])
+    known = _section_fields(section)
+    if parts[1] not in known:
+        raise SimCLRError(
+            f"unknown config key '{dotted}': {_closest(parts[1], list(known))}"
+            f"valid keys of '{parts[0]}': {', '.join(known)}"
+        )
+    setattr(section, parts[1], _coerce(value, known[parts[1]], dotted))
+
+
+def parse_value(text: str) -> Any:
+    """Parse a command-line value as YAML (``1e-3``, ``true``, ``null``, ``0.2,1``)."""
+    if "," in text and not text.strip().startswith("["):
+        text = f"[{text}]"
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _apply_mapping(cfg: Config, mapping: Any, source: str) -> None:
+    if not isinstance(mapping, dict):
+        raise SimCLRError(f"{source}: expected a mapping of sections, like 'train: {{epochs: 10}}'")
+    for section, values in mapping.items():
+        if not isinstance(values, dict):
+            raise SimCLRError(f"{source}: section '{section}' must be a mapping of key: value")
+        for key, value in values.items():
+            try:
+                set_value(cfg, f"{section}.{key}", value)
+            except SimCLRError as e:
+                raise SimCLRError(f"{source}: {e}") from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping with ``yaml.safe_load`` (no code from the file runs)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SimCLRError(f"cannot read config {path}: {e.strerror}; check the path") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise SimCLRError(f"config {path} is not valid YAML{where}; fix its syntax") from None
+
+
+def build_config(
+    path: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    base: dict | None = None,
+) -> Config:
+    """Defaults <- ``base`` mapping <- YAML file <- overrides, all checked, then validated.
+
+    Args:
+        path: a YAML preset holding only the keys it changes.
+        overrides: ``["train.epochs=10", ...]`` strings, or a ``{"train.epochs": 10}`` dict.
+        base: a nested mapping applied before the file (e.g. a run's saved config).
+    """
+    cfg = Config()
+    if base is not None:
+        _apply_mapping(cfg, base, "saved config")
+    if path is not None:
+        _apply_mapping(cfg, load_yaml(path), str(path))
+    items = overrides.items() if isinstance(overrides, dict) else _split(overrides or [])
+    for key, value in items:
+        set_value(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def _split(overrides: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in overrides:
+        key, sep, text = item.lstrip("-").partition("=")
+        if not sep:
+            raise SimCLRError(f"override '{item}' has no value; write it as --{key}=VALUE")
+        out.append((key, parse_value(text)))
+    return out
+
+
+def _choice(key: str, value: str, choices: list[str]) -> None:
+    if value not in choices:
+        raise SimCLRError(
+            f"unknown {key} '{value}': {_closest(value, choices)}choose one of {', '.join(choices)}"
+        )
+
+
+def validate(cfg: Config) -> None:
+    """Refuse settings that cannot work, each with the fix."""
+    from simclr.data import DATASETS
+    from simclr.models import ARCHS
+    from simclr.optim import OPTIMIZERS
+
+    _choice("data.name", cfg.data.name, sorted(DATASETS))
+    _choice("model.arch", cfg.model.arch, sorted(ARCHS))
+    _choice("optim.name", cfg.optim.name, sorted(OPTIMIZERS))
+    _choice("optim.lr_scaling", cfg.optim.lr_scaling, ["linear", "sqrt", "none"])
+    _choice("model.stem", cfg.model.stem, ["auto", "cifar", "imagenet"])
+    _choice("train.precision", cfg.train.precision, ["auto", "bf16", "fp16", "fp32"])
+    checks = [
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.loss.temperature > 0, "loss.temperature must be > 0"),
+        (cfg.train.batch_size >= 2, "train.batch_size must be >= 2 (NT-Xent needs negatives)"),
+        (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+        (cfg.train.max_steps >= 0, "train.max_steps must be >= 0 (0 = no limit)"),
+        (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
+        (cfg.data.subset >= 0, "data.subset must be >= 0 (0 = all)"),
+        (cfg.data.image_size >= 0, "data.image_size must be >= 0 (0 = native size)"),
+        (cfg.model.width > 0, "model.width must be > 0"),
+        (cfg.model.proj_layers >= 1, "model.proj_layers must be >= 1"),
+        (cfg.model.proj_dim >= 1, "model.proj_dim must be >= 1"),
+        (cfg.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+        (cfg.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0"),
+        (0 < cfg.augment.crop_scale[0] <= cfg.augment.crop_scale[1] <= 1,
+         "augment.crop_scale must be two numbers 0 < lo <= hi <= 1"),
+        (0 < cfg.augment.crop_ratio[0] <= cfg.augment.crop_ratio[1],
+         "augment.crop_ratio must be two numbers 0 < lo <= hi"),
+    ]
+    for p_key in ("flip_p", "jitter_p", "gray_p", "blur_p"):
+        p = getattr(cfg.augment, p_key)
+        checks.append((p is None or 0 <= p <= 1, f"augment.{p_key} must be in [0, 1]"))
+    for ok, message in checks:
+        if not ok:
+            raise SimCLRError(message)
+
+
+def save_yaml(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config (every key) as YAML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+def diff(a: dict, b: dict) -> list[str]:
+    """Dotted keys whose values differ between two ``Config.to_dict()`` mappings."""
+    keys = []
+    for section in sorted(set(a) | set(b)):
+        sa, sb = a.get(section, {}), b.get(section, {})
+        for key in sorted(set(sa) | set(sb)):
+            if sa.get(key) != sb.get(key):
+                keys.append(f"{section}.{key}")
+    return keys
+
+
+__all__ = [
+    "Augment", "Config", "Data", "Loss", "Model", "Optim", "Train",
+    "build_config", "diff", "load_yaml", "save_yaml", "set_value", "validate",
+]

@@ -1,0 +1,161 @@
+"""Encoders (ResNet-18/34/50 with a CIFAR or ImageNet stem and a width multiplier), the
+projection head, and ``SimCLR(f, g)`` that returns features h and projections z."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, c_in: int, c_mid: int, stride: int):
+        super().__init__()
+        c_out = c_mid * self.expansion
+        self.conv1 = nn.Conv2d(c_in, c_mid, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_mid)
+        self.conv2 = nn.Conv2d(c_mid, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = _shortcut(c_in, c_out, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, c_in: int, c_mid: int, stride: int):
+        super().__init__()
+        c_out = c_mid * self.expansion
+        self.conv1 = nn.Conv2d(c_in, c_mid, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_mid)
+        self.conv2 = nn.Conv2d(c_mid, c_mid, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_mid)
+        self.conv3 = nn.Conv2d(c_mid, c_out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c_out)
+        self.shortcut = _shortcut(c_in, c_out, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
+    if stride == 1 and c_in == c_out:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+
+# name -> (block, blocks per stage)
+ARCHS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+}
+
+
+class ResNet(nn.Module):
+    """ResNet encoder f: images B x C x H x W -> features h B x feature_dim.
+
+    Args:
+        arch: a key of ``ARCHS``.
+        width: multiplier of the stage widths 64-128-256-512 (0.25 -> 16-32-64-128).
+        stem: "cifar" (3x3 stride-1 conv, no max-pool; for <= 64 px images) or "imagenet"
+            (7x7 stride-2 conv + 3x3 stride-2 max-pool).
+        in_channels: image channels (1 for Fashion-MNIST, 3 for colour).
+    """
+
+    def __init__(self, arch: str = "resnet18", width: float = 1.0, stem: str = "cifar",
+                 in_channels: int = 3):
+        super().__init__()
+        block, depths = ARCHS[arch]
+        widths = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
+        if stem == "cifar":
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
+                nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False),
+                nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
+        stages, c_in = [], widths[0]
+        for i, (c_mid, depth) in enumerate(zip(widths, depths, strict=True)):
+            blocks = []
+            for j in range(depth):
+                blocks.append(block(c_in, c_mid, stride=2 if (i > 0 and j == 0) else 1))
+                c_in = c_mid * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.Sequential(*stages)
+        self.feature_dim = c_in
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stages(self.stem(x))  # B x D x h x w
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # B x D
+
+
+class ProjectionHead(nn.Module):
+    """MLP g: h B x D -> z B x out_dim; ``layers`` linear layers, ReLU between them,
+    optional BatchNorm1d after each hidden linear layer."""
+
+    def __init__(self, in_dim: int, hidden: int = 0, out_dim: int = 128, layers: int = 2,
+                 bn: bool = False):
+        super().__init__()
+        hidden = hidden or in_dim
+        mods: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(layers - 1):
+            mods += [nn.Linear(dim, hidden, bias=not bn)]
+            mods += [nn.BatchNorm1d(hidden)] if bn else []
+            mods += [nn.ReLU(inplace=True)]
+            dim = hidden
+        mods.append(nn.Linear(dim, out_dim))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.net(h)
+
+
+class SimCLR(nn.Module):
+    """Encoder f and projection head g: ``forward(x) -> (h, z)``; evaluation uses h."""
+
+    def __init__(self, encoder: ResNet, head: ProjectionHead):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h = self.encoder(x)
+        return h, self.head(h)
+
+
+def resolve_stem(stem: str, image_size: int) -> str:
+    """``auto`` -> the CIFAR stem for images of at most 64 px, else the ImageNet stem."""
+    if stem != "auto":
+        return stem
+    return "cifar" if image_size <= 64 else "imagenet"
+
+
+def build_encoder(arch: str, width: float, stem: str, in_channels: int,
+                  image_size: int) -> ResNet:
+    return ResNet(arch, width, resolve_stem(stem, image_size), in_channels)
+
+
+def build_model(model_cfg, in_channels: int, image_size: int) -> SimCLR:
+    """SimCLR model from a ``config.Model`` section and the data's channels / side."""
+    encoder = build_encoder(model_cfg.arch, model_cfg.width, model_cfg.stem, in_channels,
+                            image_size)
+    head = ProjectionHead(encoder.feature_dim, model_cfg.proj_hidden, model_cfg.proj_dim,
+                          model_cfg.proj_layers, model_cfg.proj_bn)
+    return SimCLR(encoder, head)
