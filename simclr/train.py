@@ -1,0 +1,295 @@
+"""``pretrain(cfg)``: the SimCLR training loop, with metrics, checkpoints and exact resume.
+
+All randomness after model init is a pure function of the seed: the epoch's shuffle of
+``(seed, epoch)`` and the step's augmentations of ``(seed, step)``. A run resumed from any
+checkpoint therefore replays exactly the batches and views an uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from simclr import config as C
+from simclr.augment import two_views
+from simclr.checkpoint import (
+    CHECKPOINT,
+    ENCODER,
+    export_encoder,
+    load_checkpoint,
+    load_model_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from simclr.data import TensorLoader, load_train
+from simclr.errors import SimCLRError
+from simclr.loss import nt_xent
+from simclr.models import build_model, resolve_stem
+from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr
+
+METRICS = "metrics.jsonl"
+# Keys a resumed run may change without --force: they do not alter what is computed.
+RESUME_FREE = {"train.max_steps", "train.progress", "train.log_every", "train.device",
+               "train.compile"}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda > mps > cpu; anything else must exist on this machine."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SimCLRError(f"unknown train.device '{name}'; use auto, cpu, cuda, cuda:N or mps") \
+            from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SimCLRError("train.device is cuda but no CUDA GPU is visible; use train.device=cpu")
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 where the device computes it natively, fp16 on older CUDA, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_bf16():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for bf16/fp16, a no-op for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def step_generator(seed: int, counter: int, device: torch.device, stream: int = 0):
+    """A generator on ``device`` seeded from (seed, stream, counter) by a splitmix64 hash."""
+    x = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + counter) & (2**64 - 1)
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
+    g = torch.Generator(device=device)
+    g.manual_seed((x ^ (x >> 31)) & (2**63 - 1))
+    return g
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units of uint8 images N x C x H x W."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    squares = torch.zeros(c, dtype=torch.float64)
+    for i in range(0, images.shape[0], chunk):
+        x = images[i:i + chunk].to(torch.float64) / 255
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / n
+    std = (squares / n - mean**2).clamp_min(1e-12).sqrt()
+    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+
+
+def default_run_dir(cfg: C.Config) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.data.name}-{cfg.model.arch}-{stamp}"
+
+
+def encoder_meta(cfg: C.Config, in_channels: int, image_size: int, epoch: int,
+                 step: int) -> dict[str, Any]:
+    """What ``load_encoder`` needs to rebuild and feed the encoder."""
+    return {"arch": cfg.model.arch, "width": cfg.model.width,
+            "stem": resolve_stem(cfg.model.stem, image_size), "in_channels": in_channels,
+            "image_size": image_size, "mean": list(cfg.augment.mean),
+            "std": list(cfg.augment.std), "dataset": cfg.data.name, "epoch": epoch,
+            "step": step}
+
+
+def _check_resume(saved: dict, cfg: C.Config, force: bool, run_dir: Path) -> None:
+    changed = [k for k in C.diff(saved, cfg.to_dict()) if k not in RESUME_FREE]
+    if changed and not force:
+        raise SimCLRError(
+            f"{run_dir} was started with other settings ({', '.join(changed)} differ); "
+            "use a new --run-dir, or --force to resume with the new values")
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop lines written after the checkpoint we resume from (they will be rewritten)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    path.write_text("".join(k + "\n" for k in keep))
+
+
+def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = False,
+             log=print) -> Path:
+    """Pretrain a SimCLR model; resume automatically when ``run_dir`` holds a checkpoint.
+
+    Writes into ``run_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint.pt``
+    every epoch, and at the end ``encoder.safetensors`` and ``loss_history.npy``.
+
+    Returns:
+        The run directory.
+    """
+    C.validate(cfg)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    if precision == "fp16" and device.type != "cuda":
+        raise SimCLRError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 here")
+
+    images, _ = load_train(cfg.data)  # uint8 N x C x H x W on the CPU
+    n, in_channels, image_size = images.shape[0], images.shape[1], images.shape[-1]
+    if cfg.train.batch_size > n:
+        raise SimCLRError(f"train.batch_size {cfg.train.batch_size} is larger than the dataset "
+                          f"({n} images); lower it or use more data")
+    if cfg.augment.mean is None or cfg.augment.std is None:
+        cfg.augment.mean, cfg.augment.std = channel_stats(images)
+
+    ckpt_path = run_dir / CHECKPOINT
+    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if state is not None:
+        _check_resume(state["config"], cfg, force, run_dir)
+
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, in_channels, image_size).to(device)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    loader = TensorLoader(images.to(device), cfg.train.batch_size, cfg.train.seed)
+    steps_per_epoch = len(loader)
+    total_steps = cfg.train.epochs * steps_per_epoch
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    peak_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size, cfg.optim.lr_scaling)
+    step, elapsed, history, epoch_sum = 0, 0.0, [], 0.0  # epoch_sum: this epoch's summed loss
+    if state is not None:
+        load_model_state(model, state["model"], ckpt_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        step, elapsed = state["step"], state["elapsed"]
+        history, epoch_sum = list(state["loss_history"]), state["epoch_loss_sum"]
+        _trim_metrics(run_dir / METRICS, step)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    C.save_yaml(cfg, run_dir / "config.yaml")
+    train_model = torch.compile(model) if cfg.train.compile else model
+
+    def checkpoint() -> None:
+        save_checkpoint(ckpt_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
+            "elapsed": elapsed, "loss_history": history, "epoch_loss_sum": epoch_loss.item(),
+            "config": cfg.to_dict(), "rng": rng_state()})
+
+    log(f"simclr: {cfg.data.name} {n} images {in_channels}x{image_size}x{image_size}, "
+        f"{cfg.model.arch} x{cfg.model.width} on {device} ({precision}), batch "
+        f"{cfg.train.batch_size}, {cfg.train.epochs} epochs of {steps_per_epoch} steps -> "
+        f"{run_dir}" + (f" (resuming at step {step})" if step else ""))
+    stop = min(total_steps, cfg.train.max_steps or total_steps)
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+    epoch_loss = torch.tensor(epoch_sum, dtype=acc_dtype, device=device)  # summed step by step
+    model.train()
+    while step < stop:
+        epoch = step // steps_per_epoch
+        first = step - epoch * steps_per_epoch
+        bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/"
+                   f"{cfg.train.epochs}", disable=not cfg.train.progress, leave=False,
+                   dynamic_ncols=True, file=sys.stderr)
+        window_loss, window_steps, t0 = torch.zeros((), device=device), 0, time.perf_counter()
+        for x in loader.batches(epoch, first):
+            lr = lr_at(step, peak_lr, warmup_steps, total_steps)
+            set_lr(optimizer, lr)
+            v1, v2 = two_views(x, cfg.augment, cfg.augment.mean, cfg.augment.std,
+                               step_generator(cfg.train.seed, step, device))
+            views = torch.cat([v1, v2]).contiguous(memory_format=memory_format)  # 2B x C x H x W
+            with autocast(device, precision):
+                _, z = train_model(views)
+            z1, z2 = z.float().chunk(2)
+            loss = nt_xent(z1, z2, cfg.loss.temperature)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.optim.clip_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            window_loss += loss.detach()
+            epoch_loss += loss.detach()
+            window_steps += 1
+            bar.update(1)
+            end_of_epoch = step % steps_per_epoch == 0
+            if step % cfg.train.log_every == 0 or end_of_epoch or step >= stop:
+                mean_loss = window_loss.item() / window_steps
+                if not math.isfinite(mean_loss):
+                    bar.close()
+                    raise SimCLRError(
+                        f"loss became {mean_loss} by step {step} (lr {lr:.4g}); the last good "
+                        f"checkpoint in {run_dir} is kept; lower optim.lr, or use "
+                        "train.precision=bf16/fp32 if fp16 overflowed")
+                dt = time.perf_counter() - t0
+                elapsed += dt
+                speed = window_steps * cfg.train.batch_size / dt
+                _append_metrics(run_dir / METRICS, {
+                    "kind": "window", "epoch": epoch + 1, "step": step, "loss": mean_loss,
+                    "lr": lr, "images_per_s": speed, "time": elapsed})
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{speed:.0f}")
+                window_loss.zero_()
+                window_steps, t0 = 0, time.perf_counter()
+            if step >= stop:
+                break
+        bar.close()
+        if step % steps_per_epoch == 0:
+            history.append(epoch_loss.item() / steps_per_epoch)
+            epoch_loss.zero_()
+            _append_metrics(run_dir / METRICS, {
+                "kind": "epoch", "epoch": epoch + 1, "step": step, "loss": history[-1],
+                "lr": lr, "time": elapsed})
+            log(f"epoch {epoch + 1}/{cfg.train.epochs} loss {history[-1]:.4f} lr {lr:.4g} "
+                f"time {elapsed:.0f}s")
+        checkpoint()
+
+    meta = encoder_meta(cfg, in_channels, image_size, step // steps_per_epoch, step)
+    export_encoder(run_dir / ENCODER, model.encoder, meta)
+    np.save(run_dir / "loss_history.npy", np.asarray(history, dtype=np.float64))
+    if step >= total_steps:
+        log(f"done: {run_dir / ENCODER}")
+    else:
+        log(f"stopped at step {step} of {total_steps} (train.max_steps); run again to resume")
+    return run_dir

@@ -1,0 +1,84 @@
+"""Config: defaults, YAML presets, overrides, unknown keys and wrong types refused."""
+
+from pathlib import Path
+
+import pytest
+
+from simclr.config import Config, build_config, diff, save_yaml
+from simclr.errors import SimCLRError
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_overrides_are_typed():
+    cfg = build_config(overrides=["train.epochs=3", "optim.lr=1e-3", "train.compile=true",
+                                  "augment.crop_scale=0.2,1", "data.root=null",
+                                  "model.width=1"])
+    assert cfg.train.epochs == 3 and cfg.optim.lr == 1e-3 and cfg.train.compile is True
+    assert cfg.augment.crop_scale == (0.2, 1.0) and cfg.data.root is None
+    assert isinstance(cfg.model.width, float)
+
+
+def test_unknown_key_lists_valid_keys_and_suggests():
+    with pytest.raises(SimCLRError) as e:
+        build_config(overrides=["train.epoch=3"])
+    msg = str(e.value)
+    assert "did you mean 'epochs'" in msg and "batch_size" in msg and "\n" not in msg
+    with pytest.raises(SimCLRError, match="section one of"):
+        build_config(overrides=["trian.epochs=3"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.epochs=ten", "train.epochs: expected int"),
+    ("train.batch_size=1.5", "expected int"),
+    ("train.compile=maybe", "expected bool"),
+    ("augment.crop_scale=0.2", "expected 2 values"),
+    ("optim.lr=0", "optim.lr must be > 0"),
+    ("optim.lr=-1", "optim.lr must be > 0"),
+    ("loss.temperature=0", "temperature must be > 0"),
+    ("train.batch_size=1", "batch_size must be >= 2"),
+    ("optim.name=lasr", "did you mean 'lars'"),
+    ("model.arch=resnet19", "did you mean 'resnet18'"),
+    ("data.name=cifar", "unknown data.name"),
+])
+def test_bad_values_refused(override, match):
+    with pytest.raises(SimCLRError, match=match):
+        build_config(overrides=[override])
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = build_config(overrides=["train.epochs=7", "augment.mean=0.5", "augment.std=0.25"])
+    save_yaml(cfg, tmp_path / "c.yaml")
+    again = build_config(tmp_path / "c.yaml")
+    assert again == cfg and diff(again.to_dict(), cfg.to_dict()) == []
+
+
+def test_yaml_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: 3\n")
+    with pytest.raises(SimCLRError, match="not valid YAML"):
+        build_config(bad)
+    bad.write_text("train:\n  nope: 3\n")
+    with pytest.raises(SimCLRError, match="unknown config key 'train.nope'"):
+        build_config(bad)
+    with pytest.raises(SimCLRError, match="cannot read config"):
+        build_config(tmp_path / "missing.yaml")
+
+
+def test_yaml_cannot_run_code(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    marker = tmp_path / "ran"
+    evil.write_text(f"train: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(SimCLRError):
+        build_config(evil)
+    assert not marker.exists()
+
+
+def test_diff_lists_changed_keys():
+    a, b = Config().to_dict(), build_config(overrides=["train.epochs=1", "model.width=0.5"])
+    assert diff(a, b.to_dict()) == ["model.width", "train.epochs"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_presets_load(path):
+    build_config(path)

@@ -1,0 +1,135 @@
+"""The training loop: outputs, exact resume (end of epoch and mid-epoch), resume safety,
+non-finite loss."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import simclr.train as train_mod
+from simclr.checkpoint import load_checkpoint, read_encoder
+from simclr.config import build_config
+from simclr.errors import SimCLRError
+from simclr.train import pretrain
+from tests.formats import write_idx
+
+N, BATCH = 96, 32  # 3 steps per epoch
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mnist")
+    write_idx(root, N, n_test=32)
+    return root
+
+
+def tiny(root, **extra):
+    overrides = {"data.name": "mnist", "data.root": str(root), "data.download": False,
+                 "model.width": 0.0625, "model.proj_dim": 16, "train.batch_size": BATCH,
+                 "train.epochs": 2, "train.progress": False, "train.log_every": 2,
+                 "optim.warmup_epochs": 1.0}
+    overrides.update(extra)
+    return build_config(overrides=overrides)
+
+
+def run(cfg, run_dir, **kw):
+    return pretrain(cfg, run_dir, log=lambda *_: None, **kw)
+
+
+def encoder(run_dir):
+    return load_file(str(run_dir / "encoder.safetensors"))
+
+
+def test_outputs(mnist_root, tmp_path):
+    run_dir = run(tiny(mnist_root), tmp_path / "run")
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["name"] == "mnist" and len(saved["augment"]["mean"]) == 1
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [x for x in lines if x["kind"] == "epoch"]
+    windows = [x for x in lines if x["kind"] == "window"]
+    assert [e["step"] for e in epochs] == [3, 6]
+    assert [w["step"] for w in windows] == [2, 3, 4, 6]  # steps divisible by 2, and epoch ends
+    for w in windows:
+        assert set(w) >= {"epoch", "step", "loss", "lr", "images_per_s", "time"}
+    history = np.load(run_dir / "loss_history.npy")
+    # the per-epoch mean equals the step-weighted mean of its windows
+    assert history[0] == pytest.approx((windows[0]["loss"] * 2 + windows[1]["loss"]) / 3)
+    # at random init the loss is near ln(2B - 1)
+    assert abs(windows[0]["loss"] - np.log(2 * BATCH - 1)) < 0.5
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    assert state["step"] == 6 and state["epoch"] == 2 and state["config"] == saved
+    tensors, meta = read_encoder(run_dir / "encoder.safetensors")
+    assert meta["arch"] == "resnet18" and meta["in_channels"] == 1 and meta["image_size"] == 28
+    assert not any(k.startswith("head") for k in tensors)
+
+
+@pytest.mark.parametrize("stop_at", [3, 4], ids=["after-epoch-1", "mid-epoch-2"])
+def test_resume_is_exact(mnist_root, tmp_path, stop_at):
+    straight = run(tiny(mnist_root), tmp_path / "straight")
+    resumed = tmp_path / "resumed"
+    run(tiny(mnist_root, **{"train.max_steps": stop_at}), resumed)
+    assert load_checkpoint(resumed / "checkpoint.pt")["step"] == stop_at
+    run(tiny(mnist_root), resumed)
+    a, b = encoder(straight), encoder(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # no timestamps inside: identical training gives identical files
+    assert (straight / "encoder.safetensors").read_bytes() == \
+        (resumed / "encoder.safetensors").read_bytes()
+    assert np.array_equal(np.load(straight / "loss_history.npy"),
+                          np.load(resumed / "loss_history.npy"))
+    # metrics written after the resumed-from checkpoint are replaced, not duplicated
+    def lines(d):
+        return [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+
+    def key(x):
+        return x["kind"], x["step"], x["loss"]
+
+    assert [key(x) for x in lines(resumed)] == [key(x) for x in lines(straight)]
+
+
+def test_resume_refuses_changed_settings(mnist_root, tmp_path):
+    run_dir = run(tiny(mnist_root, **{"train.max_steps": 3}), tmp_path / "run")
+    with pytest.raises(SimCLRError, match=r"model\.width.*differ.*--force"):
+        run(tiny(mnist_root, **{"model.width": 0.125}), run_dir)
+    with pytest.raises(SimCLRError, match="holds a different model"):
+        run(tiny(mnist_root, **{"model.width": 0.125}), run_dir, force=True)
+    run(tiny(mnist_root, **{"train.epochs": 3}), run_dir, force=True)  # safe change, accepted
+    assert load_checkpoint(run_dir / "checkpoint.pt")["step"] == 9
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(mnist_root, tmp_path, monkeypatch):
+    real = train_mod.nt_xent
+    calls = []
+
+    def poisoned(z1, z2, t):
+        calls.append(1)
+        loss = real(z1, z2, t)
+        return loss * float("nan") if len(calls) > 4 else loss
+
+    monkeypatch.setattr(train_mod, "nt_xent", poisoned)
+    with pytest.raises(SimCLRError, match=r"loss became nan by step 6 \(lr .*\); the last good"):
+        run(tiny(mnist_root), tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+
+
+def test_batch_larger_than_dataset(mnist_root, tmp_path):
+    with pytest.raises(SimCLRError, match="larger than the dataset"):
+        run(tiny(mnist_root, **{"train.batch_size": 4 * N}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_fp32_and_bf16_losses_agree(mnist_root, tmp_path):
+    if not train_mod.cpu_has_bf16():
+        pytest.skip("this CPU has no native bf16")
+    first = {}
+    for precision in ("fp32", "bf16"):
+        cfg = tiny(mnist_root, **{"train.precision": precision, "train.max_steps": 1,
+                                  "train.log_every": 1})
+        run_dir = run(cfg, tmp_path / precision)
+        first[precision] = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["bf16"]["loss"] == pytest.approx(first["fp32"]["loss"], rel=0.02)
