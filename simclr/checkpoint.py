@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import pickle
@@ -16,6 +18,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from simclr.errors import SimCLRError
 
 CHECKPOINT = "checkpoint.pt"
+LOCK = ".lock"
 ENCODER = "encoder.safetensors"
 _ENCODER_FORMAT = "simclr-encoder-v1"
 
@@ -37,6 +40,30 @@ def atomic_write(path: Path, write) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold an exclusive lock on ``run_dir`` (created if needed) while training in it.
+
+    The OS drops the lock when the process dies, even by SIGKILL, so a crashed run never
+    leaves a stale lock behind.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise SimCLRError(f"{run_dir} is in use by another simclr process (pid {owner}); "
+                              "wait for it to finish or use another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -82,6 +82,7 @@ class Train:
     channels_last: bool = True
     compile: bool = False
     log_every: int = 50  # steps per metrics.jsonl window line
+    checkpoint_every: int = 0  # also checkpoint every N steps inside epochs; 0 = epoch ends only
     progress: bool = True  # tqdm progress bar
 
 
@@ -286,6 +287,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.max_steps >= 0, "train.max_steps must be >= 0 (0 = no limit)"),
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
+        (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0 = per epoch)"),
         (cfg.data.subset >= 0, "data.subset must be >= 0 (0 = all)"),
         (cfg.data.image_size >= 0, "data.image_size must be >= 0 (0 = native size)"),
         (cfg.model.width > 0, "model.width must be > 0"),

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import sys
+import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from simclr.checkpoint import (
     load_checkpoint,
     load_model_state,
     rng_state,
+    run_lock,
     save_checkpoint,
     set_rng_state,
 )
@@ -154,43 +156,82 @@ def _trim_metrics(path: Path, step: int) -> None:
     path.write_text("".join(k + "\n" for k in keep))
 
 
+def check_writable(run_dir: Path) -> None:
+    """Fail before any work when ``run_dir`` cannot be created or written (tries for real)."""
+    probe = run_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a directory")
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise SimCLRError(f"cannot write the run dir {run_dir} ({e.strerror or e}); choose "
+                          "another --run-dir") from None
+
+
+def train_step(model, optimizer, scaler, views: torch.Tensor, cfg: C.Config,
+               device: torch.device, precision: str) -> torch.Tensor:
+    """One SimCLR step on 2B views (first half: view 1 of each image); returns the loss."""
+    with autocast(device, precision):
+        _, z = model(views)  # 2B x proj_dim
+    z1, z2 = z.float().chunk(2)
+    loss = nt_xent(z1, z2, cfg.loss.temperature)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if cfg.optim.clip_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = False,
              log=print) -> Path:
     """Pretrain a SimCLR model; resume automatically when ``run_dir`` holds a checkpoint.
 
     Writes into ``run_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint.pt``
-    every epoch, and at the end ``encoder.safetensors`` and ``loss_history.npy``.
+    every epoch (and every ``train.checkpoint_every`` steps), and at the end
+    ``encoder.safetensors`` and ``loss_history.npy``. One process at a time per run dir.
 
     Returns:
         The run directory.
     """
     C.validate(cfg)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    check_writable(run_dir)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     if precision == "fp16" and device.type != "cuda":
         raise SimCLRError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 here")
 
     images, _ = load_train(cfg.data)  # uint8 N x C x H x W on the CPU
-    n, in_channels, image_size = images.shape[0], images.shape[1], images.shape[-1]
+    n = images.shape[0]
     if cfg.train.batch_size > n:
         raise SimCLRError(f"train.batch_size {cfg.train.batch_size} is larger than the dataset "
                           f"({n} images); lower it or use more data")
     if cfg.augment.mean is None or cfg.augment.std is None:
         cfg.augment.mean, cfg.augment.std = channel_stats(images)
 
+    with run_lock(run_dir):
+        return _pretrain(cfg, run_dir, force, log, images, device, precision)
+
+
+def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tensor,
+              device: torch.device, precision: str) -> Path:
+    n, in_channels, image_size = images.shape[0], images.shape[1], images.shape[-1]
     ckpt_path = run_dir / CHECKPOINT
     state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if state is not None:
         _check_resume(state["config"], cfg, force, run_dir)
 
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, in_channels, image_size).to(device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
+    model = build_model(cfg.model, in_channels, image_size).to(device, memory_format=memory_format)
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-
     loader = TensorLoader(images.to(device), cfg.train.batch_size, cfg.train.seed)
     steps_per_epoch = len(loader)
     total_steps = cfg.train.epochs * steps_per_epoch
@@ -205,12 +246,23 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
         step, elapsed = state["step"], state["elapsed"]
         history, epoch_sum = list(state["loss_history"]), state["epoch_loss_sum"]
         _trim_metrics(run_dir / METRICS, step)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
     C.save_yaml(cfg, run_dir / "config.yaml")
     train_model = torch.compile(model) if cfg.train.compile else model
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+    epoch_loss = torch.tensor(epoch_sum, dtype=acc_dtype, device=device)  # summed step by step
+    window_loss = torch.zeros((), dtype=acc_dtype, device=device)
+    lr = lr_at(step, peak_lr, warmup_steps, total_steps)
+
+    def guard_finite() -> None:
+        """Stop before a non-finite loss reaches a checkpoint or the log."""
+        if not math.isfinite(float(epoch_loss + window_loss)):
+            raise SimCLRError(
+                f"loss became {float(epoch_loss + window_loss)} by step {step} (lr {lr:.4g}); "
+                f"the last good checkpoint in {run_dir} is kept; lower optim.lr, or use "
+                "train.precision=bf16/fp32 if fp16 overflowed")
 
     def checkpoint() -> None:
+        guard_finite()
         save_checkpoint(ckpt_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
@@ -222,8 +274,6 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
         f"{cfg.train.batch_size}, {cfg.train.epochs} epochs of {steps_per_epoch} steps -> "
         f"{run_dir}" + (f" (resuming at step {step})" if step else ""))
     stop = min(total_steps, cfg.train.max_steps or total_steps)
-    acc_dtype = torch.float32 if device.type == "mps" else torch.float64
-    epoch_loss = torch.tensor(epoch_sum, dtype=acc_dtype, device=device)  # summed step by step
     model.train()
     while step < stop:
         epoch = step // steps_per_epoch
@@ -231,47 +281,32 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
         bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/"
                    f"{cfg.train.epochs}", disable=not cfg.train.progress, leave=False,
                    dynamic_ncols=True, file=sys.stderr)
-        window_loss, window_steps, t0 = torch.zeros((), device=device), 0, time.perf_counter()
+        window_steps, t0 = 0, time.perf_counter()
         for x in loader.batches(epoch, first):
             lr = lr_at(step, peak_lr, warmup_steps, total_steps)
             set_lr(optimizer, lr)
             v1, v2 = two_views(x, cfg.augment, cfg.augment.mean, cfg.augment.std,
                                step_generator(cfg.train.seed, step, device))
             views = torch.cat([v1, v2]).contiguous(memory_format=memory_format)  # 2B x C x H x W
-            with autocast(device, precision):
-                _, z = train_model(views)
-            z1, z2 = z.float().chunk(2)
-            loss = nt_xent(z1, z2, cfg.loss.temperature)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.optim.clip_grad_norm > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            window_loss += loss.detach()
-            epoch_loss += loss.detach()
-            window_steps += 1
+            loss = train_step(train_model, optimizer, scaler, views, cfg, device, precision)
+            step, window_steps = step + 1, window_steps + 1
+            window_loss += loss
+            epoch_loss += loss
             bar.update(1)
-            end_of_epoch = step % steps_per_epoch == 0
-            if step % cfg.train.log_every == 0 or end_of_epoch or step >= stop:
-                mean_loss = window_loss.item() / window_steps
-                if not math.isfinite(mean_loss):
-                    bar.close()
-                    raise SimCLRError(
-                        f"loss became {mean_loss} by step {step} (lr {lr:.4g}); the last good "
-                        f"checkpoint in {run_dir} is kept; lower optim.lr, or use "
-                        "train.precision=bf16/fp32 if fp16 overflowed")
+            if step % cfg.train.log_every == 0 or step % steps_per_epoch == 0 or step >= stop:
+                guard_finite()
                 dt = time.perf_counter() - t0
                 elapsed += dt
-                speed = window_steps * cfg.train.batch_size / dt
+                mean_loss, speed = window_loss.item() / window_steps, window_steps * len(x) / dt
                 _append_metrics(run_dir / METRICS, {
                     "kind": "window", "epoch": epoch + 1, "step": step, "loss": mean_loss,
                     "lr": lr, "images_per_s": speed, "time": elapsed})
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{speed:.0f}")
                 window_loss.zero_()
                 window_steps, t0 = 0, time.perf_counter()
+            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 \
+                    and step % steps_per_epoch and step < stop:
+                checkpoint()  # mid-epoch; the epoch end checkpoints below
             if step >= stop:
                 break
         bar.close()

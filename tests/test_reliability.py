@@ -1,0 +1,136 @@
+"""Crash safety (SIGKILL, then the same command again), the run-dir lock, and safe loading of
+checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from simclr.checkpoint import run_lock
+from tests.formats import write_idx
+
+REPO = Path(__file__).parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mnist")
+    write_idx(root, 192, n_test=32)
+    return root
+
+
+def args(root, run_dir, *extra):
+    return [sys.executable, "-m", "simclr", "pretrain", "--run-dir", str(run_dir),
+            "--data.name=mnist", f"--data.root={root}", "--data.download=false",
+            "--model.width=0.0625", "--model.proj_dim=16", "--train.batch_size=32",
+            "--train.epochs=5", "--train.log_every=1", "--train.checkpoint_every=2",
+            "--train.progress=false", "--optim.warmup_epochs=1", *extra]
+
+
+def last_step(run_dir: Path) -> int:
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return max((json.loads(x)["step"] for x in lines if x.endswith("}")), default=0)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def kill_at(root, run_dir, step: int) -> None:
+    """Start pretraining and SIGKILL it once its log passes ``step``."""
+    proc = subprocess.Popen(args(root, run_dir), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while last_step(run_dir) < step and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+def test_sigkill_twice_then_resume_gives_the_uninterrupted_encoder(root, tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run(args(root, straight), env=ENV, check=True, capture_output=True)
+    crashed = tmp_path / "crashed"
+    kill_at(root, crashed, 5)  # inside epoch 1 (6 steps per epoch)
+    kill_at(root, crashed, 17)  # inside epoch 3
+    done = subprocess.run(args(root, crashed), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resuming at step" in done.stdout
+    a = load_file(str(straight / "encoder.safetensors"))
+    b = load_file(str(crashed / "encoder.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not list(crashed.glob(".*tmp*")), "a temporary checkpoint file was left behind"
+
+
+def test_second_process_on_a_run_dir_is_refused(root, tmp_path):
+    run_dir = tmp_path / "run"
+    with run_lock(run_dir):
+        proc = subprocess.run(args(root, run_dir), env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"simclr: error: {run_dir} is in use by another simclr process (pid {os.getpid()}); "
+        "wait for it to finish or use another --run-dir"]
+    assert not (run_dir / "checkpoint.pt").exists()
+
+
+def one_line(proc, fragment):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("simclr: error:") and fragment in lines[0], \
+        proc.stderr
+
+
+def test_unwritable_run_dir_fails_before_training(root, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = subprocess.run(args(root, blocker / "run"), env=ENV, capture_output=True, text=True)
+    one_line(proc, "cannot write the run dir")
+
+
+def test_corrupt_checkpoint_is_refused_and_kept(root, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(b"\x00garbage" * 100)
+    proc = subprocess.run(args(root, run_dir), env=ENV, capture_output=True, text=True)
+    one_line(proc, "is corrupt or not a simclr checkpoint")
+    assert (run_dir / "checkpoint.pt").read_bytes() == b"\x00garbage" * 100
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(root, tmp_path):
+    run_dir, marker = tmp_path / "run", tmp_path / "pwned"
+    run_dir.mkdir()
+    torch.save({"model": Payload(marker)}, run_dir / "checkpoint.pt")
+    proc = subprocess.run(args(root, run_dir), env=ENV, capture_output=True, text=True)
+    one_line(proc, "is corrupt or not a simclr checkpoint")
+    assert not marker.exists()
+
+
+def test_resume_with_other_architecture_is_refused(root, tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.run(args(root, run_dir, "--train.max_steps=2"), env=ENV,
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    proc = subprocess.run(args(root, run_dir, "--model.arch=resnet34"), env=ENV,
+                          capture_output=True, text=True)
+    one_line(proc, "model.arch differ")
+    proc = subprocess.run(args(root, run_dir, "--model.arch=resnet34", "--force"), env=ENV,
+                          capture_output=True, text=True)
+    one_line(proc, "holds a different model")
