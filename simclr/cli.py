@@ -45,12 +45,18 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--force", action="store_true",
                      help="resume even though the config differs from the saved one")
 
+    ev = sub.add_parser("eval", help="linear probe, kNN, k-means (+ baselines) on a run's encoder")
+    ev.add_argument("run_dir", type=Path, nargs="?", help="a pretraining run dir")
+    ev.add_argument("--protocol", default="linear,knn,kmeans",
+                    help="comma list of linear, knn, kmeans, finetune (default linear,knn,kmeans)")
+    ev.add_argument("--encoder", type=Path, help="evaluate this encoder.safetensors instead")
+
     prev = sub.add_parser("augment-preview", help="PNG grid of images and their SimCLR views")
     prev.add_argument("--config", type=Path, help="YAML preset")
     prev.add_argument("--out", type=Path, default=Path("augment_preview.png"))
     prev.add_argument("--images", type=int, default=8, help="rows: images to show")
     prev.add_argument("--views", type=int, default=6, help="views per image")
-    for sp in (pre, prev):
+    for sp in (pre, ev, prev):
         sp.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
@@ -61,6 +67,16 @@ def _pretrain(args, overrides: list[str]) -> None:
 
     cfg = build_config(args.config, overrides)
     pretrain(cfg, args.run_dir, force=args.force)
+
+
+def _eval(args, overrides: list[str]) -> None:
+    from simclr.eval_run import EVAL_JSON, evaluate, format_table
+
+    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    report = evaluate(args.run_dir, protocols, overrides, encoder_file=args.encoder)
+    print(format_table(report))
+    where = args.run_dir if args.run_dir is not None else args.encoder.parent
+    print(f"wrote {where / EVAL_JSON}")
 
 
 def _augment_preview(args, overrides: list[str]) -> None:
@@ -79,7 +95,7 @@ def _augment_preview(args, overrides: list[str]) -> None:
     print(f"wrote {args.out}")
 
 
-COMMANDS = {"pretrain": _pretrain, "augment-preview": _augment_preview}
+COMMANDS = {"pretrain": _pretrain, "eval": _eval, "augment-preview": _augment_preview}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,6 +87,33 @@ class Train:
 
 
 @dataclass
+class Eval:
+    every: int = -1  # online kNN monitor every N epochs of pretraining; -1 = 4 times a run; 0 = off
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    kmeans_init: int = 10  # k-means restarts (the best inertia is kept)
+    batch_size: int = 512  # feature extraction batch
+    subset: int = 0  # first N labeled train images for probe / kNN bank; 0 = all
+    test_subset: int = 0  # first N test images; 0 = all
+    baselines: bool = True  # also evaluate raw pixels and a randomly initialized encoder
+
+
+@dataclass
+class Probe:
+    val_fraction: float = 0.1  # stratified part of the train split that chooses weight decay
+    split: float = 0.0  # > 0: train on this fraction of the train split, test on the rest
+
+
+@dataclass
+class Finetune:
+    labels: float = 0.1  # fraction of the labeled train split used (stratified)
+    epochs: int = 30
+    lr: float = 0.05  # SGD, momentum 0.9, cosine, lr x B/256
+    weight_decay: float = 5e-4
+    batch_size: int = 256
+
+
+@dataclass
 class Config:
     data: Data = field(default_factory=Data)
     augment: Augment = field(default_factory=Augment)
@@ -94,6 +121,9 @@ class Config:
     loss: Loss = field(default_factory=Loss)
     optim: Optim = field(default_factory=Optim)
     train: Train = field(default_factory=Train)
+    eval: Eval = field(default_factory=Eval)
+    probe: Probe = field(default_factory=Probe)
+    finetune: Finetune = field(default_factory=Finetune)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (tuples become lists) for YAML and checkpoints."""
@@ -300,6 +330,17 @@ def validate(cfg: Config) -> None:
         (0 < cfg.augment.crop_ratio[0] <= cfg.augment.crop_ratio[1],
          "augment.crop_ratio must be two numbers 0 < lo <= hi"),
     ]
+    checks += [
+        (cfg.eval.every >= -1, "eval.every must be >= 0 epochs (0 = off) or -1 (auto)"),
+        (cfg.eval.knn_k >= 1, "eval.knn_k must be >= 1"),
+        (cfg.eval.knn_temperature > 0, "eval.knn_temperature must be > 0"),
+        (cfg.eval.kmeans_init >= 1, "eval.kmeans_init must be >= 1"),
+        (0 < cfg.probe.val_fraction < 1, "probe.val_fraction must be in (0, 1)"),
+        (0 <= cfg.probe.split < 1, "probe.split must be in [0, 1) (0 = use the test split)"),
+        (0 < cfg.finetune.labels <= 1, "finetune.labels must be in (0, 1]"),
+        (cfg.finetune.lr > 0, "finetune.lr must be > 0"),
+        (cfg.finetune.epochs >= 1, "finetune.epochs must be >= 1"),
+    ]
     for p_key in ("flip_p", "jitter_p", "gray_p", "blur_p"):
         p = getattr(cfg.augment, p_key)
         checks.append((p is None or 0 <= p <= 1, f"augment.{p_key} must be in [0, 1]"))
@@ -328,6 +369,6 @@ def diff(a: dict, b: dict) -> list[str]:
 
 
 __all__ = [
-    "Augment", "Config", "Data", "Loss", "Model", "Optim", "Train",
+    "Augment", "Config", "Data", "Eval", "Finetune", "Loss", "Model", "Optim", "Probe", "Train",
     "build_config", "diff", "load_yaml", "save_yaml", "set_value", "validate",
 ]

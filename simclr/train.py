@@ -36,6 +36,7 @@ from simclr.checkpoint import (
 )
 from simclr.data import TensorLoader, load_train
 from simclr.errors import SimCLRError
+from simclr.eval_run import eval_data, knn_monitor
 from simclr.loss import nt_xent
 from simclr.models import build_model, resolve_stem
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr
@@ -43,7 +44,8 @@ from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr
 METRICS = "metrics.jsonl"
 # Keys a resumed run may change without --force: they do not alter what is computed.
 RESUME_FREE = {"train.max_steps", "train.progress", "train.log_every", "train.device",
-               "train.compile"}
+               "train.compile", "train.checkpoint_every"}
+RESUME_FREE_SECTIONS = {"eval", "probe", "finetune"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -130,7 +132,8 @@ def encoder_meta(cfg: C.Config, in_channels: int, image_size: int, epoch: int,
 
 
 def _check_resume(saved: dict, cfg: C.Config, force: bool, run_dir: Path) -> None:
-    changed = [k for k in C.diff(saved, cfg.to_dict()) if k not in RESUME_FREE]
+    changed = [k for k in C.diff(saved, cfg.to_dict())
+               if k not in RESUME_FREE and k.split(".")[0] not in RESUME_FREE_SECTIONS]
     if changed and not force:
         raise SimCLRError(
             f"{run_dir} was started with other settings ({', '.join(changed)} differ); "
@@ -154,6 +157,11 @@ def _trim_metrics(path: Path, step: int) -> None:
         except json.JSONDecodeError:
             continue  # a line cut by a crash
     path.write_text("".join(k + "\n" for k in keep))
+
+
+def monitor_every(cfg: C.Config) -> int:
+    """Epochs between online kNN evaluations: ``eval.every``, or 4 times a run when -1."""
+    return cfg.eval.every if cfg.eval.every >= 0 else max(1, cfg.train.epochs // 4)
 
 
 def check_writable(run_dir: Path) -> None:
@@ -252,6 +260,12 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
     epoch_loss = torch.tensor(epoch_sum, dtype=acc_dtype, device=device)  # summed step by step
     window_loss = torch.zeros((), dtype=acc_dtype, device=device)
     lr = lr_at(step, peak_lr, warmup_steps, total_steps)
+    every, monitor = monitor_every(cfg), None
+    if every:
+        try:
+            monitor = eval_data(cfg)  # labeled train (bank) + test images, uint8 on the CPU
+        except SimCLRError as e:
+            log(f"kNN monitor off: {e}")
 
     def guard_finite() -> None:
         """Stop before a non-finite loss reaches a checkpoint or the log."""
@@ -316,8 +330,19 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
             _append_metrics(run_dir / METRICS, {
                 "kind": "epoch", "epoch": epoch + 1, "step": step, "loss": history[-1],
                 "lr": lr, "time": elapsed})
+            knn = ""
+            if monitor is not None and ((epoch + 1) % every == 0 or step == total_steps):
+                t = time.perf_counter()
+                top1 = knn_monitor(model.encoder, monitor, cfg, device, precision)
+                model.train()
+                _append_metrics(run_dir / METRICS, {
+                    "kind": "knn", "epoch": epoch + 1, "step": step, "knn_top1": top1,
+                    "k": cfg.eval.knn_k, "n_train": len(monitor["train"][1]),
+                    "n_test": len(monitor["test"][1]), "seconds": time.perf_counter() - t,
+                    "time": elapsed})
+                knn = f" kNN top1 {100 * top1:.2f}%"
             log(f"epoch {epoch + 1}/{cfg.train.epochs} loss {history[-1]:.4f} lr {lr:.4g} "
-                f"time {elapsed:.0f}s")
+                f"time {elapsed:.0f}s{knn}")
         checkpoint()
 
     meta = encoder_meta(cfg, in_channels, image_size, step // steps_per_epoch, step)

@@ -1,0 +1,85 @@
+"""Fine-tuning with few labels: the encoder is trained too, so the result is reported as
+``finetune``, never as linear evaluation."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from simclr import config as C
+from simclr.augment import simclr_augment
+from simclr.data import TensorLoader
+from simclr.optim import lr_at, param_groups, scaled_lr, set_lr
+from simclr.protocols import extract_features, stratified_split
+
+
+def label_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
+    """Sorted indices of a stratified ``fraction`` of the rows (all rows when fraction is 1)."""
+    if fraction >= 1:
+        return torch.arange(labels.numel())
+    return stratified_split(labels, fraction, seed)[1]
+
+
+def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device: torch.device,
+             precision: str, log=print) -> dict[str, Any]:
+    """Train a copy of ``enc.encoder`` plus a linear head on ``finetune.labels`` of the labeled
+    train split (random resized crop + flip, SGD with momentum, cosine lr), then report top-1 on
+    the test split once.
+
+    Args:
+        enc: a :class:`simclr.eval_run.NormalizedEncoder`.
+        data: ``{"train": (uint8 images, labels), "test": (...)}``.
+    """
+    from simclr.train import autocast
+
+    f = cfg.finetune
+    (x_all, y_all), (x_test, y_test) = data["train"], data["test"]
+    idx = label_subset(y_all, f.labels, cfg.train.seed)
+    x, y = x_all[idx].to(device), y_all[idx].to(device)
+    classes = int(y_all.max()) + 1
+    torch.manual_seed(cfg.train.seed)
+    encoder = copy.deepcopy(enc.encoder).to(device, memory_format=torch.channels_last).train()
+    head = nn.Linear(encoder.feature_dim, classes).to(device)
+    model = nn.Sequential(encoder, head)
+    optimizer = torch.optim.SGD(param_groups(model, f.weight_decay), lr=0.0, momentum=0.9,
+                                nesterov=True)
+    batch = min(f.batch_size, len(idx))
+    loader = TensorLoader(x, batch, cfg.train.seed)
+    total = f.epochs * len(loader)
+    peak = scaled_lr(f.lr, batch, "linear")
+    aug = replace(cfg.augment, jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # crop + flip only
+    mean, std = enc.mean.flatten().tolist(), enc.std.flatten().tolist()
+    g = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    step, t0 = 0, time.perf_counter()
+    for epoch in range(f.epochs):
+        perm = loader.permutation(epoch)
+        for i, xb in enumerate(loader.batches(epoch)):
+            yb = y[perm[i * batch:(i + 1) * batch]]
+            set_lr(optimizer, lr_at(step, peak, 0, total))
+            views = simclr_augment(xb, aug, mean, std, g).contiguous(
+                memory_format=torch.channels_last)
+            with autocast(device, precision):
+                logits = model(views)
+            loss = F.cross_entropy(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    log(f"finetune: {len(idx)} labeled images, {f.epochs} epochs in "
+        f"{time.perf_counter() - t0:.1f}s")
+    feats = extract_features(encoder, x_test, mean, std, cfg.eval.batch_size, device, precision)
+    with torch.no_grad():
+        pred = head.float().cpu()(feats).argmax(1)
+    return {"protocol": "finetune", "split": "test", "top1": float((pred == y_test).float().mean()),
+            "n_train": int(len(idx)), "n_test": int(len(y_test)),
+            "feature_dim": int(encoder.feature_dim),
+            "settings": {"labels": f.labels, "epochs": f.epochs, "lr": f.lr,
+                         "weight_decay": f.weight_decay, "batch_size": batch,
+                         "optimizer": "SGD nesterov momentum 0.9, cosine",
+                         "augment": "random resized crop + flip", "trains_encoder": True}}

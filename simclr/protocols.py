@@ -1,0 +1,418 @@
+"""Evaluation protocols as pure functions on feature tensors: kNN, linear probe, clustering.
+
+Honest by construction: the linear probe's weight decay is chosen by ``select_weight_decay``,
+which is given only the train split; test data is used once, after the choice, to report.
+Features come from ``extract_features`` (frozen encoder, no augmentation) or, for the raw-pixel
+baseline, ``pixel_features``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from simclr.errors import SimCLRError
+
+# 0 plus log-spaced L2 strengths; see ``fit_probe`` for the objective they enter.
+WEIGHT_DECAYS: tuple[float, ...] = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+
+
+def _check(feats: Tensor, labels: Tensor, name: str) -> None:
+    if feats.ndim != 2:
+        raise SimCLRError(f"{name} features must be N x D, got shape {tuple(feats.shape)}; "
+                          "flatten them first")
+    if labels.ndim != 1 or labels.shape[0] != feats.shape[0] or labels.is_floating_point():
+        raise SimCLRError(f"{name} labels must be {feats.shape[0]} integers (one per row), got "
+                          f"{labels.dtype} of shape {tuple(labels.shape)}; fix the labels")
+    if labels.numel() and int(labels.min()) < 0:
+        raise SimCLRError(f"{name} labels contain negative values (unlabeled rows?); "
+                          "keep only labeled rows for evaluation")
+    if not torch.isfinite(feats).all():
+        raise SimCLRError(f"{name} features contain NaN or inf (a diverged encoder?); "
+                          "evaluate an earlier checkpoint")
+
+
+@torch.no_grad()  # not inference_mode: its tensors could not enter autograd later
+def extract_features(encoder: nn.Module, images_uint8: Tensor, mean: Sequence[float],
+                     std: Sequence[float], batch_size: int = 512,
+                     device: torch.device | str | None = None, precision: str = "fp32") -> Tensor:
+    """Frozen-encoder features of uint8 images N x C x H x W -> N x D float32 on the CPU.
+
+    Per batch: to ``device``, float in [0, 1], ``(x - mean) / std`` per channel, channels_last,
+    autocast for ``precision`` "bf16"/"fp16". No augmentation. The encoder runs in eval mode
+    (BatchNorm uses running stats) and gets its previous train/eval mode back afterwards.
+
+    Args:
+        device: where to run; default the device of the encoder's parameters (CPU if none).
+    """
+    if images_uint8.dtype != torch.uint8 or images_uint8.ndim != 4 or not len(images_uint8):
+        raise SimCLRError(f"extract_features needs uint8 images N x C x H x W with N > 0, got "
+                          f"{images_uint8.dtype} {tuple(images_uint8.shape)}")
+    c = images_uint8.shape[1]
+    if len(mean) != c or len(std) != c:
+        raise SimCLRError(f"mean/std have {len(mean)}/{len(std)} values for {c}-channel images; "
+                          "give one value per channel")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise SimCLRError(f"unknown precision '{precision}'; use fp32, bf16 or fp16")
+    if device is None:
+        device = next((p.device for p in encoder.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        out = []
+        for i in range(0, images_uint8.shape[0], batch_size):
+            x = images_uint8[i:i + batch_size].to(device, non_blocking=True).float() / 255
+            x = ((x - m) / s).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
+                h = encoder(x)  # B x D
+            out.append(h.float().flatten(1).cpu())
+    finally:
+        encoder.train(was_training)
+    return torch.cat(out)
+
+
+def pixel_features(images_uint8: Tensor) -> Tensor:
+    """Raw-pixel baseline: uint8 N x C x H x W -> N x (C*H*W) float32 in [0, 1]."""
+    return images_uint8.reshape(images_uint8.shape[0], -1).float() / 255
+
+
+def stratified_split(labels: Tensor, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Seeded per-class split of row indices: ``(rest, held)``, ``held`` has
+    ``round(fraction * n_c)`` rows of each class c (at most n_c - 1, so every class keeps one
+    row in ``rest``). Both index tensors are sorted; together they are a partition of 0..N-1.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise SimCLRError(f"held-out fraction must be in (0, 1), got {fraction}; e.g. 0.1")
+    labels = labels.cpu().long()
+    n = labels.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=g)
+    order = perm[torch.sort(labels[perm], stable=True).indices]  # grouped by class, shuffled
+    sorted_labels = labels[order]
+    counts = torch.bincount(labels)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(n) - starts[sorted_labels]  # position within its class group
+    n_held = torch.round(fraction * counts.double()).long().clamp(max=(counts - 1).clamp(min=0))
+    is_held = rank < n_held[sorted_labels]
+    return order[~is_held].sort().values, order[is_held].sort().values
+
+
+def split_train_test(feats: Tensor, labels: Tensor, train_fraction: float = 0.8,
+                     seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The "80/20 protocol" for datasets with a single labeled set: a stratified, seeded split.
+
+    Returns:
+        ``train_feats, train_labels, test_feats, test_labels``.
+    """
+    _check(feats, labels, "split")
+    if not 0.0 < train_fraction < 1.0:
+        raise SimCLRError(f"train_fraction must be in (0, 1), got {train_fraction}; e.g. 0.8")
+    train_idx, test_idx = stratified_split(labels, 1.0 - train_fraction, seed)
+    train_idx, test_idx = train_idx.to(feats.device), test_idx.to(feats.device)
+    return feats[train_idx], labels[train_idx], feats[test_idx], labels[test_idx]
+
+
+def knn_predict(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor, k: int = 200,
+                temperature: float = 0.1, num_classes: int | None = None,
+                chunk: int = 1024) -> Tensor:
+    """Weighted kNN (InstDisc / SimCLR monitor rule): train N x D bank, test M x D -> M labels.
+
+    Cosine similarity on L2-normalized features; each test row's ``k`` most similar train rows
+    (``k`` clipped to N) vote ``exp(sim / temperature)`` for their class; the class with the
+    largest summed vote wins (ties: the lowest class id). Votes are computed as
+    ``exp((sim - max_sim) / temperature)``, the same argmax without overflow. Runs on the train
+    features' device, ``chunk`` test rows at a time; returns int64 labels on that device.
+    """
+    _check(train_feats, train_labels, "kNN train")
+    if train_feats.shape[0] == 0 or test_feats.shape[-1] != train_feats.shape[1]:
+        raise SimCLRError(f"kNN needs a non-empty train bank and test features of its dimension, "
+                          f"got {tuple(train_feats.shape)} and {tuple(test_feats.shape)}")
+    device = train_feats.device
+    bank = F.normalize(train_feats.float(), dim=1)  # N x D
+    bank_labels = train_labels.to(device).long()
+    num_classes = num_classes or int(bank_labels.max()) + 1
+    k = min(k, bank.shape[0])
+    preds = torch.empty(test_feats.shape[0], dtype=torch.long, device=device)
+    for i in range(0, test_feats.shape[0], chunk):
+        q = F.normalize(test_feats[i:i + chunk].to(device).float(), dim=1)  # B x D
+        sim, idx = (q @ bank.T).topk(k, dim=1)  # B x k, sorted descending
+        weight = ((sim - sim[:, :1]) / temperature).exp()
+        votes = torch.zeros(q.shape[0], num_classes, device=device)
+        votes.scatter_add_(1, bank_labels[idx], weight)  # B x classes
+        preds[i:i + chunk] = votes.argmax(1)
+    return preds
+
+
+def knn_accuracy(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor,
+                 test_labels: Tensor, k: int = 200, temperature: float = 0.1,
+                 num_classes: int | None = None, chunk: int = 1024) -> float:
+    """Top-1 accuracy in [0, 1] of ``knn_predict`` on the test split."""
+    _check(test_feats, test_labels, "kNN test")
+    preds = knn_predict(train_feats, train_labels, test_feats, k, temperature, num_classes, chunk)
+    return (preds.cpu() == test_labels.cpu()).float().mean().item()
+
+
+def _standardize(feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x, mean, std)``: float32 CPU copy of N x D features with zero mean, unit variance."""
+    x = feats.detach().to("cpu", torch.float32, copy=True)
+    mean = x.mean(0)
+    std = ((x - mean) ** 2).mean(0).sqrt_().clamp_min_(1e-6)
+    return x.sub_(mean).div_(std), mean, std
+
+
+def _fit_softmax(x: Tensor, y: Tensor, num_classes: int, weight_decay: float, max_iter: int,
+                 init: dict[str, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """L-BFGS on standardized x N x D -> (weight classes x D, bias classes); see ``fit_probe``."""
+    n = x.shape[0]
+    target = F.one_hot(y, num_classes).float()  # N x classes
+    w = torch.zeros(num_classes, x.shape[1]) if init is None else init["weight"].clone()
+    b = torch.zeros(num_classes) if init is None else init["bias"].clone()
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, history_size=10,
+                            tolerance_grad=1e-7, tolerance_change=1e-9,
+                            line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:  # gradients by hand: one X W^T and one G^T X per evaluation
+        with torch.no_grad():
+            logits = torch.addmm(b, x, w.T)  # N x classes
+            lse = logits.logsumexp(1)  # N
+            loss = (lse.sum() - (logits * target).sum()) / n + 0.5 * weight_decay * (w * w).sum()
+            g = logits.sub_(lse[:, None]).exp_().sub_(target).div_(n)  # dloss/dlogits
+            w.grad = torch.addmm(w, g.T, x, beta=weight_decay)  # classes x D
+            b.grad = g.sum(0)
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def fit_probe(feats: Tensor, labels: Tensor, weight_decay: float, num_classes: int | None = None,
+              max_iter: int = 100, init: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Multinomial logistic regression (linear softmax classifier with bias) on N x D features.
+
+    Features are standardized with their own (this train set's) per-dimension mean and std.
+    Minimizes ``mean cross-entropy + weight_decay / 2 * ||W||^2`` (no penalty on the bias)
+    full-batch with L-BFGS (strong Wolfe line search), float32 on the CPU, for at most
+    ``max_iter`` iterations, from zero weights or from ``init``'s (a warm start: the same optimum
+    when ``weight_decay > 0``, reached in fewer steps).
+
+    Returns:
+        ``{"mean": D, "std": D, "weight": classes x D, "bias": classes}`` for ``probe_logits``.
+    """
+    _check(feats, labels, "probe")
+    y = labels.cpu().long()
+    x, mean, std = _standardize(feats)
+    w, b = _fit_softmax(x, y, num_classes or int(y.max()) + 1, weight_decay, max_iter, init)
+    return {"mean": mean, "std": std, "weight": w, "bias": b}
+
+
+def probe_logits(probe: dict[str, Tensor], feats: Tensor) -> Tensor:
+    """Logits M x classes of a ``fit_probe`` classifier on M x D features (CPU, float32)."""
+    x = (feats.detach().to("cpu", torch.float32) - probe["mean"]) / probe["std"]
+    return torch.addmm(probe["bias"], x, probe["weight"].T)
+
+
+def _topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
+    top = logits.topk(k, dim=1).indices  # M x k
+    return (top == labels.cpu().long()[:, None]).any(1).float().mean().item()
+
+
+def select_weight_decay(train_feats: Tensor, train_labels: Tensor, val_fraction: float = 0.1,
+                        weight_decays: Sequence[float] = WEIGHT_DECAYS, seed: int = 0,
+                        max_iter: int = 100, num_classes: int | None = None) -> dict:
+    """Choose the probe's weight decay on a stratified hold-out of the TRAIN split only.
+
+    ``stratified_split(train_labels, val_fraction, seed)`` holds out validation rows; a probe
+    (``fit_probe`` semantics, standardized with the remaining rows' stats) is fit on the rest
+    for every weight decay, largest first, each warm-started from the previous one, and scored
+    by validation top-1. Ties go to the larger weight decay. This function never sees test data.
+
+    Returns:
+        ``{"weight_decay", "val_top1" (of the chosen one), "grid": {wd: val_top1}, "n_fit",
+        "n_val", "probe" (the chosen fit, a warm start for the refit)}``.
+    """
+    _check(train_feats, train_labels, "train")
+    if not weight_decays:
+        raise SimCLRError("weight_decays is empty; give at least one value")
+    labels = train_labels.cpu().long()
+    num_classes = num_classes or int(labels.max()) + 1
+    fit_idx, val_idx = stratified_split(labels, val_fraction, seed)
+    if val_idx.numel() == 0:
+        raise SimCLRError(f"val_fraction {val_fraction} holds out no train rows; raise it or "
+                          "use more labeled training data")
+    feats = train_feats.cpu()
+    x, mean, std = _standardize(feats[fit_idx])
+    grid, probes, probe = {}, {}, None
+    for wd in sorted({float(v) for v in weight_decays}, reverse=True):
+        w, b = _fit_softmax(x, labels[fit_idx], num_classes, wd, max_iter, probe)
+        probe = {"mean": mean, "std": std, "weight": w, "bias": b}
+        logits = probe_logits(probe, feats[val_idx])
+        grid[wd], probes[wd] = _topk_accuracy(logits, labels[val_idx], 1), probe
+    best = max(grid, key=lambda wd: (grid[wd], wd))
+    return {"weight_decay": best, "val_top1": grid[best], "grid": dict(sorted(grid.items())),
+            "n_fit": int(fit_idx.numel()), "n_val": int(val_idx.numel()), "probe": probes[best]}
+
+
+def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor,
+                 test_labels: Tensor, val_fraction: float = 0.1,
+                 weight_decays: Sequence[float] = WEIGHT_DECAYS, seed: int = 0,
+                 max_iter: int = 100) -> dict:
+    """Linear-probe protocol: select weight decay on train (``select_weight_decay``), refit on
+    the whole train split (validation rows included) with it, evaluate once on test.
+
+    Returns:
+        ``{"top1", "top5" (None under 5 classes), "weight_decay", "val_top1", "grid",
+        "n_train", "n_val", "n_test", "feature_dim"}``; accuracies in [0, 1].
+    """
+    _check(train_feats, train_labels, "train")
+    _check(test_feats, test_labels, "test")
+    if test_feats.shape[1] != train_feats.shape[1]:
+        raise SimCLRError(f"train features are {train_feats.shape[1]}-D but test features "
+                          f"{test_feats.shape[1]}-D; extract both with the same encoder")
+    num_classes = int(train_labels.max()) + 1
+    if test_labels.numel() and int(test_labels.max()) >= num_classes:
+        raise SimCLRError(f"test labels contain class {int(test_labels.max())} that the train "
+                          "split never shows; evaluate on classes present in train")
+    sel = select_weight_decay(train_feats, train_labels, val_fraction, weight_decays, seed,
+                              max_iter, num_classes)
+    probe = fit_probe(train_feats, train_labels, sel["weight_decay"], num_classes, max_iter,
+                      init=sel["probe"])
+    logits = probe_logits(probe, test_feats)  # test data is touched here, once
+    return {"top1": _topk_accuracy(logits, test_labels, 1),
+            "top5": _topk_accuracy(logits, test_labels, 5) if num_classes >= 5 else None,
+            "weight_decay": sel["weight_decay"], "val_top1": sel["val_top1"],
+            "grid": sel["grid"], "n_train": int(train_feats.shape[0]), "n_val": sel["n_val"],
+            "n_test": int(test_feats.shape[0]), "feature_dim": int(train_feats.shape[1])}
+
+
+def _sq_dists(x: Tensor, sq: Tensor, centers: Tensor) -> Tensor:
+    """Squared distances N x R x k of N x D points (squared norms ``sq``) to R x k x D centers."""
+    r, k, d = centers.shape
+    cross = x @ centers.reshape(r * k, d).T  # N x Rk
+    return (sq[:, None] - 2 * cross + (centers * centers).sum(2).reshape(1, r * k)).view(-1, r, k)
+
+
+def kmeans(feats: Tensor, k: int, n_init: int = 10, iters: int = 100, seed: int = 0) -> Tensor:
+    """k-means (Lloyd's) on N x D features -> N cluster ids in [0, k), int64.
+
+    ``n_init`` restarts run together as batched matmuls on the features' device: k-means++
+    seeding, then Lloyd steps until no assignment changes (or ``iters``); an emptied cluster
+    keeps its previous center. The restart with the lowest inertia (sum of squared distances)
+    wins. Deterministic for a seed.
+    """
+    n = feats.shape[0]
+    if not 1 <= k <= n:
+        raise SimCLRError(f"k-means needs 1 <= k <= N, got k={k} for {n} points")
+    x = feats.detach().float()
+    device = x.device
+    g = torch.Generator(device=device).manual_seed(seed)
+    sq = (x * x).sum(1)  # N
+    centers = torch.empty(n_init, k, x.shape[1], device=device)  # R x k x D
+    first = torch.randint(n, (n_init,), generator=g, device=device)
+    centers[:, 0] = x[first]
+    closest = (sq[None] - 2 * x[first] @ x.T + sq[first][:, None]).clamp_min(0)  # R x N
+    for j in range(1, k):  # k-means++: next center drawn with probability ~ squared distance
+        pick = torch.multinomial(closest + 1e-12, 1, generator=g)[:, 0]  # R
+        centers[:, j] = x[pick]
+        dist = (sq[None] - 2 * x[pick] @ x.T + sq[pick][:, None]).clamp_min(0)
+        closest = torch.minimum(closest, dist)
+    assign = None
+    for _ in range(iters):
+        new = _sq_dists(x, sq, centers).argmin(2)  # N x R
+        if assign is not None and torch.equal(new, assign):
+            break
+        assign = new
+        onehot = F.one_hot(assign.T, k).float()  # R x N x k
+        counts = onehot.sum(1)[..., None]  # R x k x 1
+        sums = onehot.transpose(1, 2) @ x  # R x k x D
+        centers = torch.where(counts > 0, sums / counts.clamp_min(1), centers)
+    dist, assign = _sq_dists(x, sq, centers).min(2)  # N x R
+    best = dist.double().sum(0).argmin()
+    return assign[:, best].long()
+
+
+def _contingency(labels_true, labels_pred) -> np.ndarray:
+    """Counts classes x clusters (int64) of two labelings of the same N items (any int ids)."""
+    t, p = (np.asarray(v.cpu() if isinstance(v, Tensor) else v) for v in (labels_true, labels_pred))
+    if t.ndim != 1 or t.shape != p.shape:
+        raise SimCLRError(f"labelings must be two 1-D arrays of equal length, got shapes "
+                          f"{t.shape} and {p.shape}")
+    _, ti = np.unique(t, return_inverse=True)
+    _, pi = np.unique(p, return_inverse=True)
+    nt, npred = int(ti.max(initial=-1)) + 1, int(pi.max(initial=-1)) + 1
+    return np.bincount(ti * npred + pi, minlength=nt * npred).reshape(nt, npred)
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def nmi(labels_true, labels_pred) -> float:
+    """Normalized mutual information, MI / mean(H(true), H(pred)) (arithmetic mean, as
+    scikit-learn's default); 1.0 when both labelings are a single cluster."""
+    c = _contingency(labels_true, labels_pred)
+    if c.shape[0] == c.shape[1] == 1 or c.size == 0:
+        return 1.0
+    n = c.sum()
+    a, b = c.sum(1), c.sum(0)  # class sizes, cluster sizes
+    i, j = np.nonzero(c)
+    nij = c[i, j].astype(np.float64)
+    mi = float((nij / n * (np.log(nij * n) - np.log(a[i] * 1.0 * b[j]))).sum())
+    if mi <= 0.0:
+        return 0.0
+    return min(1.0, mi / ((_entropy(a) + _entropy(b)) / 2))  # 1 + 1e-16 rounding -> 1
+
+
+def ari(labels_true, labels_pred) -> float:
+    """Adjusted Rand index (Hubert & Arabie): pair-counting agreement corrected for chance;
+    1.0 for identical partitions (up to renaming)."""
+    c = _contingency(labels_true, labels_pred)
+    n, sum_sq = int(c.sum()), int((c * c).sum())
+    # ordered-pair confusion counts; Python ints so the products below cannot overflow
+    same_both = sum_sq - n
+    same_pred_only = int((c.sum(0) ** 2).sum()) - sum_sq
+    same_true_only = int((c.sum(1) ** 2).sum()) - sum_sq
+    diff_both = n * n - same_pred_only - same_true_only - sum_sq
+    if same_pred_only == 0 and same_true_only == 0:
+        return 1.0
+    num = 2 * (same_both * diff_both - same_true_only * same_pred_only)
+    den = ((same_both + same_true_only) * (same_true_only + diff_both)
+           + (same_both + same_pred_only) * (same_pred_only + diff_both))
+    return num / den
+
+
+def cluster_accuracy(labels_true, labels_pred) -> float:
+    """Accuracy under the best one-to-one matching of clusters to classes (Hungarian, on the
+    contingency table). With more clusters than classes the unmatched clusters count as
+    errors; with fewer, the unmatched classes do."""
+    from scipy.optimize import linear_sum_assignment
+
+    c = _contingency(labels_true, labels_pred)
+    if c.size == 0:
+        return 0.0
+    rows, cols = linear_sum_assignment(c, maximize=True)
+    return float(c[rows, cols].sum() / c.sum())
+
+
+def clustering_metrics(feats: Tensor, labels: Tensor, k: int | None = None, n_init: int = 10,
+                       seed: int = 0) -> dict:
+    """k-means on L2-normalized features (k = number of distinct labels by default), scored
+    against the labels.
+
+    Returns:
+        ``{"nmi", "ari", "accuracy" (Hungarian), "k"}``.
+    """
+    _check(feats, labels, "clustering")
+    k = k or int(torch.unique(labels).numel())
+    pred = kmeans(F.normalize(feats.float(), dim=1), k, n_init=n_init, seed=seed)
+    return {"nmi": nmi(labels, pred), "ari": ari(labels, pred),
+            "accuracy": cluster_accuracy(labels, pred), "k": k}
