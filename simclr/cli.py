@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -56,7 +57,38 @@ def _parser() -> argparse.ArgumentParser:
     prev.add_argument("--out", type=Path, default=Path("augment_preview.png"))
     prev.add_argument("--images", type=int, default=8, help="rows: images to show")
     prev.add_argument("--views", type=int, default=6, help="views per image")
-    for sp in (pre, ev, prev):
+    plot = sub.add_parser("plot", help="loss / lr / online kNN curves of one or more runs")
+    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", type=Path, help="PNG (default RUN_DIR/plots/loss.png)")
+
+    emb = sub.add_parser("embed", help="2-D map (t-SNE, or UMAP) of test features by class")
+    emb.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    emb.add_argument("--out", type=Path, help="PNG (default RUN_DIR/plots/embed.png)")
+    emb.add_argument("--points", type=int, default=2000,
+                     help="at most this many test images, round-robin over classes")
+    emb.add_argument("--method", default="auto", choices=["auto", "tsne", "umap"],
+                     help="auto: UMAP when installed, else t-SNE")
+
+    nbr = sub.add_parser("neighbors", help="PNG grid of test images and their nearest train "
+                         "images in feature space")
+    nbr.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    nbr.add_argument("--out", type=Path, help="PNG (default RUN_DIR/plots/neighbors.png)")
+    nbr.add_argument("--queries", type=int, default=8, help="rows: test images")
+    nbr.add_argument("--k", type=int, default=8, help="neighbours per query")
+
+    swp = sub.add_parser("sweep", help="pretrain + evaluate every cell of a grid; results "
+                         "table and loss plot")
+    swp.add_argument("--config", type=Path, help="YAML preset for every cell")
+    swp.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
+                     help="values of one key (repeat for more keys; cells = all combinations)")
+    swp.add_argument("--out", type=Path, required=True, help="sweep folder (rerun to resume)")
+    swp.add_argument("--protocol", default="linear,knn,kmeans",
+                     help="comma list of linear, knn, kmeans, finetune (default linear,knn,kmeans)")
+
+    rep = sub.add_parser("report", help="write RUN_DIR/report.md: stats, eval table, pictures, "
+                         "config")
+    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    for sp in (pre, ev, prev, plot, emb, nbr, swp, rep):
         sp.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
@@ -95,7 +127,50 @@ def _augment_preview(args, overrides: list[str]) -> None:
     print(f"wrote {args.out}")
 
 
-COMMANDS = {"pretrain": _pretrain, "eval": _eval, "augment-preview": _augment_preview}
+def _no_overrides(command: str, overrides: list[str]) -> None:
+    if overrides:
+        raise SimCLRError(f"simclr {command} takes no config overrides (got --{overrides[0]})")
+
+
+def _plot(args, overrides: list[str]) -> None:
+    from simclr.report import format_stats, plot_runs, run_stats
+
+    _no_overrides("plot", overrides)
+    for run_dir in args.run_dirs:
+        print(f"{run_dir}: {format_stats(run_stats(run_dir))}")
+    print(f"wrote {plot_runs(args.run_dirs, args.out)}")
+
+
+def _embed(args, overrides: list[str]) -> None:
+    from simclr.pictures import embed_map
+
+    print(f"wrote {embed_map(args.run_dir, args.out, overrides, args.points, args.method)}")
+
+
+def _neighbors(args, overrides: list[str]) -> None:
+    from simclr.pictures import neighbors_grid
+
+    print(f"wrote {neighbors_grid(args.run_dir, args.out, overrides, args.queries, args.k)}")
+
+
+def _sweep(args, overrides: list[str]) -> None:
+    from simclr.sweep import RESULTS_CSV, RESULTS_MD, format_results, sweep
+
+    protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    rows = sweep(args.config, args.grid, overrides, args.out, protocols)
+    print(format_results(rows))
+    print(f"wrote {args.out / RESULTS_MD}, {args.out / RESULTS_CSV}, {args.out / 'loss.png'}")
+
+
+def _report(args, overrides: list[str]) -> None:
+    from simclr.report import write_report
+
+    print(f"wrote {write_report(args.run_dir, overrides)}")
+
+
+COMMANDS = {"pretrain": _pretrain, "eval": _eval, "augment-preview": _augment_preview,
+            "plot": _plot, "embed": _embed, "neighbors": _neighbors, "sweep": _sweep,
+            "report": _report}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     except SimCLRError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"simclr: error: {e}", file=sys.stderr)
+        where = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 \
+            else ""
+        print(f"simclr: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("simclr: interrupted; run the same command again to resume", file=sys.stderr)

@@ -51,6 +51,7 @@ class Model:
     proj_hidden: int = 0  # hidden width; 0 = the encoder's feature dim
     proj_dim: int = 128
     proj_bn: bool = False  # BatchNorm after each hidden linear layer of the head
+    sync_bn: bool = True  # global BatchNorm over all processes when distributed
 
 
 @dataclass

@@ -199,7 +199,7 @@ def evaluate(run_dir: str | Path | None = None, protocols: list[str] | tuple = (
         overrides: ``section.key=value`` strings (eval.*, probe.*, finetune.*, data.root, ...).
         encoder_file: evaluate this encoder.safetensors instead of the run's.
     """
-    from simclr.train import resolve_device, resolve_precision
+    from simclr.runtime import resolve_device, resolve_precision
 
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:

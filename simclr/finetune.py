@@ -36,7 +36,7 @@ def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device:
         enc: a :class:`simclr.eval_run.NormalizedEncoder`.
         data: ``{"train": (uint8 images, labels), "test": (...)}``.
     """
-    from simclr.train import autocast
+    from simclr.runtime import autocast
 
     f = cfg.finetune
     (x_all, y_all), (x_test, y_test) = data["train"], data["test"]

@@ -27,10 +27,11 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, rank: int = 0,
             (``dist.gather_with_grad``); None means one process.
 
     Returns:
-        Scalar float32 loss.
+        Scalar loss (float32, or float64 for float64 inputs).
     """
-    z1 = F.normalize(z1.float(), dim=1)  # N x D
-    z2 = F.normalize(z2.float(), dim=1)
+    dtype = torch.promote_types(z1.dtype, torch.float32)  # bf16/fp16 -> fp32, fp64 stays
+    z1 = F.normalize(z1.to(dtype), dim=1)  # N x D
+    z2 = F.normalize(z2.to(dtype), dim=1)
     n = z1.shape[0]
     a1, a2 = (gather(z1), gather(z2)) if gather is not None else (z1, z2)  # M x D, M = N x ranks
     m = a1.shape[0]

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from simclr import config as C
+from simclr import dist
 from simclr.augment import two_views
 from simclr.checkpoint import (
     CHECKPOINT,
@@ -40,65 +41,13 @@ from simclr.eval_run import eval_data, knn_monitor
 from simclr.loss import nt_xent
 from simclr.models import build_model, resolve_stem
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from simclr.runtime import autocast, resolve_device, resolve_precision, step_generator
 
 METRICS = "metrics.jsonl"
 # Keys a resumed run may change without --force: they do not alter what is computed.
 RESUME_FREE = {"train.max_steps", "train.progress", "train.log_every", "train.device",
                "train.compile", "train.checkpoint_every"}
 RESUME_FREE_SECTIONS = {"eval", "probe", "finetune"}
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda > mps > cpu; anything else must exist on this machine."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise SimCLRError(f"unknown train.device '{name}'; use auto, cpu, cuda, cuda:N or mps") \
-            from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SimCLRError("train.device is cuda but no CUDA GPU is visible; use train.device=cpu")
-    return device
-
-
-def cpu_has_bf16() -> bool:
-    """True when this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where the device computes it natively, fp16 on older CUDA, else fp32."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "cpu" and cpu_has_bf16():
-        return "bf16"
-    return "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    """Autocast context for bf16/fp16, a no-op for fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def step_generator(seed: int, counter: int, device: torch.device, stream: int = 0):
-    """A generator on ``device`` seeded from (seed, stream, counter) by a splitmix64 hash."""
-    x = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + counter) & (2**64 - 1)
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
-    g = torch.Generator(device=device)
-    g.manual_seed((x ^ (x >> 31)) & (2**63 - 1))
-    return g
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
@@ -179,12 +128,16 @@ def check_writable(run_dir: Path) -> None:
 
 
 def train_step(model, optimizer, scaler, views: torch.Tensor, cfg: C.Config,
-               device: torch.device, precision: str) -> torch.Tensor:
-    """One SimCLR step on 2B views (first half: view 1 of each image); returns the loss."""
+               device: torch.device, precision: str, rank: int = 0,
+               gather=None) -> torch.Tensor:
+    """One SimCLR step on 2B views (first half: view 1 of each image); returns the loss.
+
+    Under DDP ``gather`` is ``dist.gather_with_grad``: the loss uses every rank's negatives.
+    """
     with autocast(device, precision):
         _, z = model(views)  # 2B x proj_dim
-    z1, z2 = z.float().chunk(2)
-    loss = nt_xent(z1, z2, cfg.loss.temperature)
+    z1, z2 = z.chunk(2)
+    loss = nt_xent(z1, z2, cfg.loss.temperature, rank=rank, gather=gather)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if cfg.optim.clip_grad_norm > 0:
@@ -203,33 +156,51 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
     Writes into ``run_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint.pt``
     every epoch (and every ``train.checkpoint_every`` steps), and at the end
     ``encoder.safetensors`` and ``loss_history.npy``. One process at a time per run dir.
+    Under torchrun every rank calls this; rank 0 alone writes.
 
     Returns:
         The run directory.
     """
     C.validate(cfg)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-    check_writable(run_dir)
     device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
-    if precision == "fp16" and device.type != "cuda":
-        raise SimCLRError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 here")
+    joined = not dist.is_dist() and dist.init(device.type)
+    try:
+        if dist.world_size() > 1 and device.type == "cuda":
+            device = torch.device("cuda", dist.local_rank())
+        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+        if dist.world_size() > 1:
+            shared = [str(run_dir)]
+            torch.distributed.broadcast_object_list(shared)  # rank 0's default name for all
+            run_dir = Path(shared[0])
+        if dist.is_main():
+            check_writable(run_dir)
+        else:
+            log = _quiet
+        precision = resolve_precision(cfg.train.precision, device)
+        if precision == "fp16" and device.type != "cuda":
+            raise SimCLRError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 here")
+        images, _ = load_train(cfg.data)  # uint8 N x C x H x W on the CPU
+        if cfg.train.batch_size > images.shape[0]:
+            raise SimCLRError(f"train.batch_size {cfg.train.batch_size} is larger than the "
+                              f"dataset ({images.shape[0]} images); lower it or use more data")
+        if cfg.augment.mean is None or cfg.augment.std is None:
+            cfg.augment.mean, cfg.augment.std = channel_stats(images)
+        lock = run_lock(run_dir) if dist.is_main() else contextlib.nullcontext()
+        with lock:
+            return _pretrain(cfg, run_dir, force, log, images, device, precision)
+    finally:
+        if joined:
+            dist.shutdown()
 
-    images, _ = load_train(cfg.data)  # uint8 N x C x H x W on the CPU
-    n = images.shape[0]
-    if cfg.train.batch_size > n:
-        raise SimCLRError(f"train.batch_size {cfg.train.batch_size} is larger than the dataset "
-                          f"({n} images); lower it or use more data")
-    if cfg.augment.mean is None or cfg.augment.std is None:
-        cfg.augment.mean, cfg.augment.std = channel_stats(images)
 
-    with run_lock(run_dir):
-        return _pretrain(cfg, run_dir, force, log, images, device, precision)
+def _quiet(*_args, **_kwargs) -> None:
+    pass
 
 
 def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tensor,
               device: torch.device, precision: str) -> Path:
     n, in_channels, image_size = images.shape[0], images.shape[1], images.shape[-1]
+    rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
     ckpt_path = run_dir / CHECKPOINT
     state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if state is not None:
@@ -238,9 +209,11 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
     torch.manual_seed(cfg.train.seed)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = build_model(cfg.model, in_channels, image_size).to(device, memory_format=memory_format)
+    if world > 1 and cfg.model.sync_bn:
+        model = dist.convert_batchnorm(model)
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loader = TensorLoader(images.to(device), cfg.train.batch_size, cfg.train.seed)
+    loader = TensorLoader(images.to(device), cfg.train.batch_size, cfg.train.seed, rank, world)
     steps_per_epoch = len(loader)
     total_steps = cfg.train.epochs * steps_per_epoch
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
@@ -253,56 +226,70 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
         set_rng_state(state["rng"])
         step, elapsed = state["step"], state["elapsed"]
         history, epoch_sum = list(state["loss_history"]), state["epoch_loss_sum"]
-        _trim_metrics(run_dir / METRICS, step)
-    C.save_yaml(cfg, run_dir / "config.yaml")
-    train_model = torch.compile(model) if cfg.train.compile else model
+        if main:
+            _trim_metrics(run_dir / METRICS, step)
+    if main:
+        C.save_yaml(cfg, run_dir / "config.yaml")
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False)
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+    gather = dist.gather_with_grad if world > 1 else None
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64
     epoch_loss = torch.tensor(epoch_sum, dtype=acc_dtype, device=device)  # summed step by step
     window_loss = torch.zeros((), dtype=acc_dtype, device=device)
     lr = lr_at(step, peak_lr, warmup_steps, total_steps)
     every, monitor = monitor_every(cfg), None
-    if every:
+    if every and main:
         try:
             monitor = eval_data(cfg)  # labeled train (bank) + test images, uint8 on the CPU
         except SimCLRError as e:
             log(f"kNN monitor off: {e}")
 
     def guard_finite() -> None:
-        """Stop before a non-finite loss reaches a checkpoint or the log."""
-        if not math.isfinite(float(epoch_loss + window_loss)):
+        """Stop (every rank) before a non-finite loss reaches a checkpoint or the log."""
+        total = float(dist.reduce_mean(epoch_loss + window_loss))
+        if not math.isfinite(total):
             raise SimCLRError(
-                f"loss became {float(epoch_loss + window_loss)} by step {step} (lr {lr:.4g}); "
-                f"the last good checkpoint in {run_dir} is kept; lower optim.lr, or use "
-                "train.precision=bf16/fp32 if fp16 overflowed")
+                f"loss became {total} by step {step} (lr {lr:.4g}); the last good checkpoint "
+                f"in {run_dir} is kept; lower optim.lr, or use train.precision=bf16/fp32 if "
+                "fp16 overflowed")
 
     def checkpoint() -> None:
         guard_finite()
-        save_checkpoint(ckpt_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
-            "elapsed": elapsed, "loss_history": history, "epoch_loss_sum": epoch_loss.item(),
-            "config": cfg.to_dict(), "rng": rng_state()})
+        epoch_total = float(dist.reduce_mean(epoch_loss))
+        if main:
+            save_checkpoint(ckpt_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
+                "elapsed": elapsed, "loss_history": history, "epoch_loss_sum": epoch_total,
+                "config": cfg.to_dict(), "rng": rng_state()})
 
     log(f"simclr: {cfg.data.name} {n} images {in_channels}x{image_size}x{image_size}, "
-        f"{cfg.model.arch} x{cfg.model.width} on {device} ({precision}), batch "
-        f"{cfg.train.batch_size}, {cfg.train.epochs} epochs of {steps_per_epoch} steps -> "
-        f"{run_dir}" + (f" (resuming at step {step})" if step else ""))
+        f"{cfg.model.arch} x{cfg.model.width} on {device} ({precision})"
+        + (f" x {world} processes" if world > 1 else "") + f", batch {cfg.train.batch_size}, "
+        f"{cfg.train.epochs} epochs of {steps_per_epoch} steps -> {run_dir}"
+        + (f" (resuming at step {step})" if step else ""))
     stop = min(total_steps, cfg.train.max_steps or total_steps)
     model.train()
     while step < stop:
         epoch = step // steps_per_epoch
         first = step - epoch * steps_per_epoch
         bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/"
-                   f"{cfg.train.epochs}", disable=not cfg.train.progress, leave=False,
+                   f"{cfg.train.epochs}", disable=not (cfg.train.progress and main), leave=False,
                    dynamic_ncols=True, file=sys.stderr)
         window_steps, t0 = 0, time.perf_counter()
         for x in loader.batches(epoch, first):
             lr = lr_at(step, peak_lr, warmup_steps, total_steps)
             set_lr(optimizer, lr)
             v1, v2 = two_views(x, cfg.augment, cfg.augment.mean, cfg.augment.std,
-                               step_generator(cfg.train.seed, step, device))
+                               step_generator(cfg.train.seed, step, device, stream=rank))
             views = torch.cat([v1, v2]).contiguous(memory_format=memory_format)  # 2B x C x H x W
-            loss = train_step(train_model, optimizer, scaler, views, cfg, device, precision)
+            loss = train_step(train_model, optimizer, scaler, views, cfg, device, precision,
+                              rank, gather)
             step, window_steps = step + 1, window_steps + 1
             window_loss += loss
             epoch_loss += loss
@@ -311,10 +298,12 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
                 guard_finite()
                 dt = time.perf_counter() - t0
                 elapsed += dt
-                mean_loss, speed = window_loss.item() / window_steps, window_steps * len(x) / dt
-                _append_metrics(run_dir / METRICS, {
-                    "kind": "window", "epoch": epoch + 1, "step": step, "loss": mean_loss,
-                    "lr": lr, "images_per_s": speed, "time": elapsed})
+                mean_loss = float(dist.reduce_mean(window_loss)) / window_steps
+                speed = window_steps * cfg.train.batch_size / dt
+                if main:
+                    _append_metrics(run_dir / METRICS, {
+                        "kind": "window", "epoch": epoch + 1, "step": step, "loss": mean_loss,
+                        "lr": lr, "images_per_s": speed, "time": elapsed})
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{speed:.0f}")
                 window_loss.zero_()
                 window_steps, t0 = 0, time.perf_counter()
@@ -325,11 +314,8 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
                 break
         bar.close()
         if step % steps_per_epoch == 0:
-            history.append(epoch_loss.item() / steps_per_epoch)
+            history.append(float(dist.reduce_mean(epoch_loss)) / steps_per_epoch)
             epoch_loss.zero_()
-            _append_metrics(run_dir / METRICS, {
-                "kind": "epoch", "epoch": epoch + 1, "step": step, "loss": history[-1],
-                "lr": lr, "time": elapsed})
             knn = ""
             if monitor is not None and ((epoch + 1) % every == 0 or step == total_steps):
                 t = time.perf_counter()
@@ -341,13 +327,19 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
                     "n_test": len(monitor["test"][1]), "seconds": time.perf_counter() - t,
                     "time": elapsed})
                 knn = f" kNN top1 {100 * top1:.2f}%"
+            if main:
+                _append_metrics(run_dir / METRICS, {
+                    "kind": "epoch", "epoch": epoch + 1, "step": step, "loss": history[-1],
+                    "lr": lr, "time": elapsed})
             log(f"epoch {epoch + 1}/{cfg.train.epochs} loss {history[-1]:.4f} lr {lr:.4g} "
                 f"time {elapsed:.0f}s{knn}")
         checkpoint()
+        dist.barrier()  # the other ranks wait for rank 0's checkpoint and monitor
 
-    meta = encoder_meta(cfg, in_channels, image_size, step // steps_per_epoch, step)
-    export_encoder(run_dir / ENCODER, model.encoder, meta)
-    np.save(run_dir / "loss_history.npy", np.asarray(history, dtype=np.float64))
+    if main:
+        meta = encoder_meta(cfg, in_channels, image_size, step // steps_per_epoch, step)
+        export_encoder(run_dir / ENCODER, model.encoder, meta)
+        np.save(run_dir / "loss_history.npy", np.asarray(history, dtype=np.float64))
     if step >= total_steps:
         log(f"done: {run_dir / ENCODER}")
     else:
