@@ -1,0 +1,194 @@
+"""`simclr plot / embed / neighbors / report`: metrics reading, run stats against our own
+computation from metrics.jsonl, PNGs that open, have the expected size and are not blank."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import simclr
+from simclr import pictures, report
+from simclr.config import build_config
+from simclr.errors import SimCLRError
+from simclr.eval_run import format_table
+from simclr.train import pretrain
+from tests.formats import write_idx
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPO = Path(__file__).parent.parent
+
+
+def simclr_cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "simclr", *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A 2-epoch tiny MNIST-format run with the online kNN monitor every epoch."""
+    root = tmp_path_factory.mktemp("data")
+    write_idx(root, 128, n_test=48)
+    cfg = build_config(overrides={
+        "data.name": "mnist", "data.root": str(root), "data.download": False,
+        "model.width": 0.0625, "model.proj_dim": 16, "train.batch_size": 32, "train.epochs": 2,
+        "train.progress": False, "eval.every": 1, "eval.knn_k": 20})
+    return pretrain(cfg, tmp_path_factory.mktemp("runs") / "run", log=lambda *_: None)
+
+
+def assert_picture(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The PNG opens, has ``size`` (width, height) and is not a blank page."""
+    with Image.open(path) as img:
+        img.load()
+        if size is not None:
+            assert img.size == size
+        arr = np.asarray(img.convert("RGB"))
+    assert arr.astype(float).var() > 200, f"{path} looks blank"
+    return arr
+
+
+def own_stats(run_dir: Path) -> dict:
+    """The summary numbers, computed here independently of simclr.report."""
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    epochs = [x["loss"] for x in lines if x["kind"] == "epoch"]
+    speeds = [x["images_per_s"] for x in lines if x["kind"] == "window"]
+    knn = [x["knn_top1"] for x in lines if x["kind"] == "knn"]
+    return {"first_loss": epochs[0], "last_loss": epochs[-1], "lowest_loss": min(epochs),
+            "epochs": len(epochs), "steps": max(x["step"] for x in lines),
+            "time": max(x["time"] for x in lines), "images_per_s": float(np.mean(speeds)),
+            "knn_top1": knn[-1]}
+
+
+def test_read_metrics_skips_a_line_cut_by_a_crash(run_dir, tmp_path):
+    full = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    (tmp_path / "metrics.jsonl").write_text((run_dir / "metrics.jsonl").read_text()
+                                            + '{"kind": "window", "epoch": 3, "lo')
+    assert report.read_metrics(tmp_path) == full
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text("\n".join([lines[0], "{broken", *lines[1:]]) + "\n")
+    with pytest.raises(SimCLRError, match="line 2 is not JSON"):
+        report.read_metrics(tmp_path)
+    with pytest.raises(SimCLRError, match="cannot read"):
+        report.read_metrics(tmp_path / "missing")
+
+
+def test_run_stats_equal_our_computation(run_dir):
+    stats = report.run_stats(run_dir)
+    expected = own_stats(run_dir)
+    assert stats["images_per_s"] == pytest.approx(expected.pop("images_per_s"), rel=1e-12)
+    assert {k: v for k, v in stats.items() if k != "images_per_s"} == expected
+    assert stats["epochs"] == 2 and stats["steps"] == 8
+
+
+def test_cli_plot_prints_the_stats_and_writes_the_figure(run_dir):
+    proc = simclr_cli("plot", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    s = own_stats(run_dir)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith(f"{run_dir}:"))
+    for text in (f"first {s['first_loss']:.4f}", f"last {s['last_loss']:.4f}",
+                 f"lowest {s['lowest_loss']:.4f}", f"epochs {s['epochs']}",
+                 f"time {s['time']:.1f}s", f"{s['images_per_s']:.1f} images/s",
+                 f"kNN top1 {100 * s['knn_top1']:.2f}%"):
+        assert text in line, (text, line)
+    assert_picture(run_dir / "plots" / "loss.png", (1500, 500))
+
+
+def test_plot_overlays_runs_labelled_by_their_config_differences(run_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("plots", "*.pt"))
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["optim"]["name"], cfg["train"]["progress"] = "sgd", True  # progress: not in legends
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert report.legend_labels([run_dir, other]) == ["optim.name=lars", "optim.name=sgd"]
+    same = tmp_path / "same"
+    shutil.copytree(run_dir, same, ignore=shutil.ignore_patterns("plots", "*.pt"))
+    assert report.legend_labels([run_dir, same]) == [run_dir.name, "same"]
+    out = report.plot_runs([run_dir, other], tmp_path / "two.png")
+    assert_picture(out, (1500, 500))
+
+
+def test_embed_map_of_test_features(run_dir, tmp_path):
+    out = pictures.embed_map(run_dir, tmp_path / "embed.png", points=40, log=lambda *_: None)
+    arr = assert_picture(out, (900, 800))
+    assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 10  # class colours, not one ink
+
+
+def test_pick_stratified_takes_classes_in_turn():
+    labels = torch.tensor([2, 0, 0, 1, 2, 2, 1, 0])
+    assert pictures.pick_stratified(labels, 5).tolist() == [1, 3, 0, 2, 6]
+    assert sorted(pictures.pick_stratified(labels, 99).tolist()) == list(range(8))
+
+
+def test_nearest_is_brute_force_cosine():
+    gen = torch.Generator().manual_seed(0)
+    bank, queries = torch.randn(30, 5, generator=gen), torch.randn(4, 5, generator=gen)
+    sims, idx = pictures.nearest(bank, queries, k=3)
+    for q in range(4):
+        cos = [float(torch.dot(queries[q], b) / (queries[q].norm() * b.norm())) for b in bank]
+        order = sorted(range(30), key=lambda i: -cos[i])[:3]
+        assert idx[q].tolist() == order
+        assert sims[q].tolist() == pytest.approx([cos[i] for i in order], abs=1e-5)
+
+
+def test_cli_neighbors_grid(run_dir, tmp_path):
+    out = tmp_path / "nn.png"
+    proc = simclr_cli("neighbors", run_dir, "--out", out, "--queries", 3, "--k", 4)
+    assert proc.returncode == 0, proc.stderr
+    # 5 cells of 1.2 in + 4 gaps of 0.1 + 0.35 spacer + 0.3 margins = 7.05 in wide;
+    # 3 rows of 1.5 in + 0.15 margin + a 3-line title of 0.75 in = 5.4 in high; 100 dpi
+    arr = assert_picture(out, (705, 540))
+    blue = np.all(np.abs(arr.astype(int) - [0x1F, 0x4F, 0xBF]) < 8, axis=-1)
+    assert blue.sum() > 3 * 4 * 100  # a query border on every row
+
+
+def test_cells_show_colour_and_gray_images_as_they_are(tmp_path):
+    red = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    red[0] = 255
+    ramp = torch.arange(28, dtype=torch.uint8).mul(9).expand(1, 28, 28)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(4, 2), dpi=100)
+    pictures._cell(a, red, "red", "green")
+    pictures._cell(b, ramp, "ramp", "green")
+    fig.savefig(tmp_path / "cells.png")
+    plt.close(fig)
+    arr = np.asarray(Image.open(tmp_path / "cells.png").convert("RGB")).astype(int)
+    centre_a, centre_b = arr[100, 100], arr[100, 300]
+    assert centre_a[0] > 200 and centre_a[1] < 50 and centre_a[2] < 50
+    assert centre_b[0] == centre_b[1] == centre_b[2]
+
+
+def test_report_without_then_with_eval(run_dir):
+    out = report.write_report(run_dir, log=lambda *_: None)
+    text = out.read_text()
+    assert "No `eval.json` yet: run `simclr eval" in text
+    assert "```yaml" in text and "name: mnist" in text
+    links = [x.split("](")[1].rstrip(")") for x in text.splitlines() if x.startswith("![")]
+    assert links == ["plots/loss.png", "plots/embed.png", "plots/neighbors.png"]
+    for link in links:
+        assert_picture(run_dir / link)
+    s = own_stats(run_dir)
+    assert f"| {s['first_loss']:.4f} | {s['last_loss']:.4f} | {s['lowest_loss']:.4f} | 2 |" in text
+
+    ev = simclr.evaluate(run_dir, ["knn", "kmeans"], ["eval.kmeans_init=2"], log=lambda *_: None)
+    proc = simclr_cli("report", run_dir)
+    assert proc.returncode == 0, proc.stderr
+    text = (run_dir / "report.md").read_text()
+    assert format_table(ev) in text and "raw_pixels" in text and "No `eval.json`" not in text
+
+
+def test_picture_errors_are_one_line(tmp_path, run_dir):
+    proc = simclr_cli("embed", tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("simclr: error: ")
+    assert "config.yaml not found" in proc.stderr and "Traceback" not in proc.stderr
+    with pytest.raises(SimCLRError, match="--points"):
+        pictures.embed_map(run_dir, tmp_path / "x.png", points=1)
