@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import platform
 import resource
 import statistics
@@ -24,6 +23,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from simclr import allocator
 from simclr import config as C
 from simclr.augment import two_views
 from simclr.data import DATASETS, TensorLoader
@@ -129,11 +129,10 @@ def matrix(cfg: C.Config, with_compile: bool) -> list[C.Config]:
 
 
 def environment() -> dict[str, Any]:
-    preload = os.environ.get("LD_PRELOAD", "")
     return {"torch": torch.__version__, "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "allocator": os.environ.get("SIMCLR_ALLOCATOR") or (Path(preload).name or "glibc")}
+            "allocator": allocator.describe()}
 
 
 def format_rows(rows: list[dict]) -> str:

@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from simclr.errors import SimCLRError
@@ -88,7 +89,17 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write RUN_DIR/report.md: stats, eval table, pictures, "
                          "config")
     rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    for sp in (pre, ev, prev, plot, emb, nbr, swp, rep):
+    bench = sub.add_parser("bench", help="images/s of the full pretraining step vs the bare "
+                           "model step (same model, batch, precision)")
+    bench.add_argument("--config", type=Path, help="YAML preset (the model, batch, precision)")
+    bench.add_argument("--steps", type=int, default=5, help="steps per timed window")
+    bench.add_argument("--windows", type=int, default=3, help="timed windows (median is shown)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    bench.add_argument("--matrix", action="store_true",
+                       help="a row for each of fp32/bf16 x NCHW/channels_last")
+    bench.add_argument("--compile", action="store_true", help="with --matrix: also compile on")
+    bench.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    for sp in (pre, ev, prev, plot, emb, nbr, swp, rep, bench):
         sp.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
@@ -168,12 +179,29 @@ def _report(args, overrides: list[str]) -> None:
     print(f"wrote {write_report(args.run_dir, overrides)}")
 
 
+def _bench(args, overrides: list[str]) -> None:
+    from simclr.bench import run
+    from simclr.config import build_config
+
+    cfg = build_config(args.config, overrides)
+    run(cfg, args.steps, args.warmup, args.windows, args.matrix, args.compile, args.json)
+
+
 COMMANDS = {"pretrain": _pretrain, "eval": _eval, "augment-preview": _augment_preview,
             "plot": _plot, "embed": _embed, "neighbors": _neighbors, "sweep": _sweep,
-            "report": _report}
+            "report": _report, "bench": _bench}
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"simclr: warning: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # a real process: use a caching allocator if one is installed
+        from simclr.allocator import maybe_reexec
+
+        maybe_reexec(sys.argv[1:])
+    warnings.formatwarning = _one_line_warning
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     try:

@@ -34,7 +34,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from simclr.config import Data
-from simclr.download import corrupt_error, ensure_files, read_tar_members, restricted_load
+from simclr.download import (
+    check_memory,
+    corrupt_error,
+    ensure_files,
+    read_tar_members,
+    restricted_load,
+)
 from simclr.errors import SimCLRError
 from simclr.folder import FOLDER_DEFAULT_SIZE, cache_home, read_folder
 
@@ -75,6 +81,8 @@ def _pick(table: dict[str, Any], split: str, name: str) -> Any:
 def _members(folder: Path, subdir: str, archive: str, names: list[str]) -> dict[str, bytes] | None:
     """Files ``subdir/name`` from the extracted folder, else from the archive; None if neither."""
     if (folder / subdir).is_dir():
+        paths = [folder / subdir / n for n in names]
+        check_memory(sum(p.stat().st_size for p in paths if p.is_file()), f"{folder / subdir}")
         out = {}
         for n in names:
             path = folder / subdir / n
@@ -102,9 +110,11 @@ def _cifar_pickle(data: bytes, source: str, label_key: str) -> tuple[np.ndarray,
         raise SimCLRError(f"{source} is not a CIFAR batch (no dict inside): download it again")
     batch = {k.decode("latin-1") if isinstance(k, bytes) else k: v for k, v in batch.items()}
     x, y = batch.get("data"), batch.get(label_key)
-    try:
-        y = np.asarray(y, dtype=np.int64)
-    except (TypeError, ValueError):
+    if isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "iu":
+        y = y.astype(np.int64)
+    elif isinstance(y, list) and all(type(v) is int and abs(v) < 2**63 for v in y):
+        y = np.array(y, dtype=np.int64)  # the official files hold lists of ints
+    else:
         y = None
     ok = (isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 2
           and x.shape[1] == 3072 and y is not None and y.shape == (len(x),))
@@ -164,26 +174,40 @@ _IDX_MAGIC = {3: 0x00000803, 1: 0x00000801}  # unsigned byte data, 3 or 1 dimens
 
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """uint8 array of an IDX file, gzip-compressed or raw: ndim 3 = N x H x W, 1 = N labels."""
+    """uint8 array of an IDX file, gzip-compressed or raw: ndim 3 = N x H x W, 1 = N labels.
+
+    The header's dims are checked against the file size (raw) or the available memory (gz)
+    before reading, and gz data is read in chunks: a damaged header allocates nothing big.
+    """
+    kind, head = ("image" if ndim == 3 else "label"), 4 + 4 * ndim
     try:
-        raw = Path(path).read_bytes()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as file:
+            gz = file.read(2) == b"\x1f\x8b"
+            file.seek(0)
+            f = gzip.GzipFile(fileobj=file) if gz else file
+            header = f.read(head)
+            magic = int.from_bytes(header[:4], "big")
+            if len(header) < 4 or magic != _IDX_MAGIC[ndim]:
+                raise SimCLRError(f"{path} is not an IDX {kind} file (magic 0x{magic:08x}, "
+                                  f"expected 0x{_IDX_MAGIC[ndim]:08x}): put the official {kind} "
+                                  "file there")
+            dims = tuple(int.from_bytes(header[i:i + 4], "big") for i in range(4, head, 4))
+            size, data = math.prod(dims), None
+            if len(header) == head and (gz or os.fstat(file.fileno()).st_size - head == size):
+                check_memory(size, f"{path} (dims {dims})")
+                chunks, got = [], 0  # in chunks: gz data is only as long as it really is
+                while got <= size and (chunk := f.read(min(size + 1 - got, 1 << 18))):
+                    chunks.append(chunk)
+                    got += len(chunk)
+                data = b"".join(chunks)  # one byte more than size: the file must end there
+            if data is None or len(data) != size:
+                raise SimCLRError(f"{path} is corrupt or truncated (dims {dims} in its header "
+                                  "do not match its size): delete it and download again")
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise corrupt_error(path, e) from None
     except OSError as e:
         raise SimCLRError(f"cannot read {path} ({e.strerror}): check data.root") from None
-    kind = "image" if ndim == 3 else "label"
-    magic = int.from_bytes(raw[:4], "big")
-    if len(raw) < 4 or magic != _IDX_MAGIC[ndim]:
-        raise SimCLRError(f"{path} is not an IDX {kind} file (magic 0x{magic:08x}, expected "
-                          f"0x{_IDX_MAGIC[ndim]:08x}): put the official {kind} file there")
-    head = 4 + 4 * ndim
-    dims = tuple(int.from_bytes(raw[i:i + 4], "big") for i in range(4, head, 4))
-    if len(raw) < head or len(raw) - head != math.prod(dims):
-        raise SimCLRError(f"{path} is corrupt or truncated ({len(raw) - head} data bytes for "
-                          f"dims {dims}): delete it and download again")
-    return np.frombuffer(raw, np.uint8, offset=head).reshape(dims)
+    return np.frombuffer(data, np.uint8).reshape(dims)
 
 
 def read_mnist(root: Path, split: str = "train", download: bool = True, image_size: int = 0,
@@ -218,9 +242,12 @@ def _stl_bytes(folder: Path, name: str) -> tuple[np.ndarray, str]:
     """A 1-D uint8 array of one stl10_binary file (memory-mapped when extracted)."""
     path = folder / "stl10_binary" / name
     if path.is_file():
-        if path.stat().st_size == 0:
-            return np.zeros(0, np.uint8), str(path)
-        return np.memmap(path, np.uint8, mode="r"), str(path)
+        try:
+            if path.stat().st_size == 0:
+                return np.zeros(0, np.uint8), str(path)
+            return np.memmap(path, np.uint8, mode="r"), str(path)
+        except OSError as e:
+            raise SimCLRError(f"cannot read {path} ({e.strerror}): check data.root") from None
     if (folder / "stl10_binary").is_dir():
         raise SimCLRError(f"{path} is missing: extract stl10_binary.tar.gz again")
     archive = folder / "stl10_binary.tar.gz"
@@ -250,7 +277,10 @@ def read_stl10(root: Path, split: str = "train", download: bool = True,
         y = y.astype(np.int64) - 1  # 1..10 -> 0..9
         _check_labels(y, 10, y_source)
         labels.append(y)
-    images = np.empty((sum(len(x) for x in parts), 3, 96, 96), np.uint8)  # one copy, no concat
+    total = sum(len(x) for x in parts)
+    fix = "use data.split=train" if "unlabeled" in split else "use a machine with more"
+    check_memory(total * _STL_IMAGE, f"stl10 {split} ({total} images)", f"free memory or {fix}")
+    images = np.empty((total, 3, 96, 96), np.uint8)  # one copy, no concat
     start = 0
     for x in parts:
         images[start:start + len(x)] = x.transpose(0, 1, 3, 2)  # N x 3 x H x W
@@ -324,6 +354,9 @@ def load_split(name: str, split: str = "train", root: str | Path | None = None,
     path = default_root(name) if root is None else Path(root).expanduser()
     images, labels = spec["reader"](path, split, download, image_size)
     if image_size > 0 and tuple(images.shape[-2:]) != (image_size, image_size):
+        n, c = images.shape[:2]
+        check_memory(n * c * image_size**2, f"{name} at data.image_size={image_size}",
+                     "use a smaller data.image_size")
         images = resize(images, image_size)
     return images, labels
 

@@ -6,10 +6,16 @@ Everything here treats files as untrusted input:
   neither a partial file nor a ``.part`` behind.
 - :func:`safe_extract` and :func:`read_tar_members` refuse archive members that could write
   outside their folder (absolute paths, ``..``, links leading out, device files).
-- :func:`restricted_load` unpickles the CIFAR python-2 batches without being able to run code:
-  only the numpy array reconstructors are allowed.
+- :func:`simclr.unpickle.restricted_load` (re-exported here) unpickles the CIFAR python-2
+  batches without being able to run code.
+- :func:`check_memory` refuses, before allocating, to load more than the available memory.
 
 Every problem a user can fix is a :class:`SimCLRError` with one line naming the fix.
+
+Environment: ``SIMCLR_MIRROR`` (a base URL such as ``https://mirror.example/data/`` or
+``file:///srv/datasets/``) fetches every official file as ``$SIMCLR_MIRROR/<filename>``
+instead of from its authors' site; the published md5 is still checked, so a mirror cannot
+substitute other content.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import pickle
 import posixpath
 import shutil
 import tarfile
@@ -29,14 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-import numpy as np
-
-from simclr.errors import SimCLRError
-
-try:  # numpy >= 2
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct
+from simclr.errors import SimCLRError, corrupt_error
+from simclr.unpickle import restricted_load  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -113,13 +112,15 @@ def download(url: str, dest: str | Path, md5: str, timeout: float = 30) -> Path:
     """Fetch ``url`` (http, https or file) to ``dest`` if its md5 matches.
 
     The bytes stream to ``dest.part`` in the same folder, which is renamed to ``dest`` only
-    once the checksum is right; on any failure (including Ctrl-C) the ``.part`` is removed.
+    once the checksum is right; on any failure (including Ctrl-C) the ``.part`` is removed,
+    and so are the folders this call created.
 
     Returns:
         ``dest``.
     """
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
+    made = [p for p in (dest.parent, *dest.parent.parents) if not p.exists()]  # deepest first
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         out = open(part, "wb")
@@ -147,6 +148,11 @@ def download(url: str, dest: str | Path, md5: str, timeout: float = 30) -> Path:
         os.replace(part, dest)
     except BaseException:
         part.unlink(missing_ok=True)
+        for folder in made:  # the folders this call created, if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
     return dest
 
@@ -189,7 +195,8 @@ def ensure_files(name: str, root: str | Path, download: bool = True) -> Path:
             return folder
     missing = [r for r in resources if not _present(root, r)]
     if not download:
-        source = missing[0].url if len(missing) == 1 else missing[0].url.rsplit("/", 1)[0] + "/"
+        url = resource_url(missing[0])
+        source = url if len(missing) == 1 else url.rsplit("/", 1)[0] + "/"
         raise SimCLRError(f"{name} files not found in {root}: put "
                           f"{', '.join(r.filename for r in missing)} (from {source}) there, "
                           "or set data.download=true")
@@ -198,17 +205,45 @@ def ensure_files(name: str, root: str | Path, download: bool = True) -> Path:
     return root
 
 
+def resource_url(resource: Resource) -> str:
+    """The URL a resource is fetched from: ``$SIMCLR_MIRROR/<filename>`` if set, else its own."""
+    mirror = os.environ.get("SIMCLR_MIRROR")
+    return f"{mirror.rstrip('/')}/{resource.filename}" if mirror else resource.url
+
+
 def _fetch(resource: Resource, root: Path) -> None:
-    path = download(resource.url, root / resource.filename, resource.md5)
+    path = download(resource_url(resource), root / resource.filename, resource.md5)
     if resource.extract:
         safe_extract(path, root)
 
 
-def corrupt_error(path: str | Path, err: BaseException) -> SimCLRError:
-    """The one-line error for a damaged file, with the exception's first line as detail."""
-    detail = str(err).strip() or type(err).__name__
-    detail = detail.splitlines()[0][:120]
-    return SimCLRError(f"{path} is corrupt or truncated ({detail}): delete it and download again")
+def available_memory(meminfo: str | Path = "/proc/meminfo") -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), None if unknown."""
+    try:
+        with open(meminfo, "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the value is in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(nbytes: int, what: str,
+                 fix: str = "free some memory or use a machine with more") -> None:
+    """SimCLRError naming ``fix`` if ``what`` (``nbytes`` decoded) would not fit in memory.
+
+    Call it with the size a reader will allocate, computed from headers or file sizes, before
+    allocating: a damaged header claiming 2^40 images is refused instead of swapping.
+    """
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise SimCLRError(f"{what} needs {_size(nbytes)} of memory but only {_size(free)} is "
+                          f"available: {fix}")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
 
 def _check_member(member: tarfile.TarInfo, archive: str | Path) -> str:
@@ -304,17 +339,19 @@ def read_tar_members(tar_path: str | Path, names: list[str]) -> dict[str, bytes]
         names: member paths such as ``cifar-10-batches-py/data_batch_1``.
 
     Returns:
-        ``{name: bytes}``; SimCLRError if a name is missing.
+        ``{name: bytes}``; SimCLRError if a name is missing or they would not fit in memory.
     """
     tar, members = _open_tar(tar_path)
     out: dict[str, bytes] = {}
     with tar:
         found = {_check_member(m, tar_path): m for m in members}
         for name in names:
-            member = found.get(name)
-            if member is None or not member.isfile():
+            if name not in found or not found[name].isfile():
                 raise SimCLRError(f"{tar_path} has no file {name}: it is not the official "
                                   "archive; delete it and download again")
+        check_memory(sum(found[n].size for n in names), f"reading {tar_path}")
+        for name in names:
+            member = found[name]
             try:
                 out[name] = tar.extractfile(member).read()
             except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
@@ -322,50 +359,6 @@ def read_tar_members(tar_path: str | Path, names: list[str]) -> dict[str, bytes]
     return out
 
 
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,  # how numpy 1.x named it
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """An unpickler that can build numpy arrays, dicts, lists and strings, and nothing else."""
-
-    def __init__(self, file: IO[bytes], source: str) -> None:
-        super().__init__(file, encoding="bytes")
-        self.source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise SimCLRError(f"{self.source} tries to load '{module}.{name}': refused, dataset "
-                              "pickles may only hold arrays; delete it and download the "
-                              "official file") from None
-
-
-def restricted_load(fileobj: IO[bytes], source: str | None = None) -> Any:
-    """Unpickle a dataset file without the ability to run code.
-
-    Python-2 pickles (the CIFAR python version) are read with ``encoding="bytes"``, so their
-    dict keys are byte strings (``b"data"``, ``b"labels"``). Only numpy's array and dtype
-    reconstructors may be referenced; any other global (``os.system``, ``builtins.eval``...)
-    raises SimCLRError before anything is called.
-
-    Args:
-        fileobj: a binary file object.
-        source: the name used in error messages (default: the file object's ``name``).
-    """
-    source = source or str(getattr(fileobj, "name", "pickle"))
-    try:
-        return _ArrayUnpickler(fileobj, source).load()
-    except SimCLRError:
-        raise
-    except Exception as e:  # any failure decoding untrusted bytes means a damaged file
-        raise corrupt_error(source, e) from None
-
-
-__all__ = ["RESOURCES", "Resource", "corrupt_error", "download", "ensure_files", "md5sum",
-           "read_tar_members", "restricted_load", "safe_extract"]
+__all__ = ["RESOURCES", "Resource", "available_memory", "check_memory", "corrupt_error",
+           "download", "ensure_files", "md5sum", "read_tar_members", "resource_url",
+           "restricted_load", "safe_extract"]

@@ -7,7 +7,9 @@ folders are skipped.
 
 Images are decoded to RGB, always (grayscale ones are replicated to 3 channels, so a folder
 gives one shape), center-cropped to a square and resized (bicubic) to ``image_size``, which is
-:data:`FOLDER_DEFAULT_SIZE` when 0. Unreadable files are skipped with a warning. The result is
+:data:`FOLDER_DEFAULT_SIZE` when 0. Unreadable files (corrupt, truncated, not images,
+decompression bombs) are skipped with a warning naming them; none readable is a SimCLRError,
+and so is a folder whose decoded images would not fit in the available memory. The result is
 cached in ``$SIMCLR_CACHE/folders`` (default ``~/.cache/simclr``), keyed on the files' relative
 paths, sizes and mtimes and the image size, so a second load skips decoding.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from simclr.download import check_memory
 from simclr.errors import SimCLRError
 
 FOLDER_DEFAULT_SIZE = 64
@@ -50,6 +54,8 @@ def _decode_image(path: Path, size: int) -> np.ndarray | None:
 
     try:
         with Image.open(path) as im:
+            if im.width * im.height > (Image.MAX_IMAGE_PIXELS or math.inf):
+                return None  # Pillow only warns up to twice this; a bomb is unreadable here
             im = im.convert("RGB")
             if im.size != (size, size):
                 im = ImageOps.fit(im, (size, size), Image.Resampling.BICUBIC)
@@ -85,8 +91,14 @@ def read_folder(root: Path, split: str = "train", download: bool = True,
         raise SimCLRError(f"no images found in {base}: add .png/.jpg files, one subfolder per "
                           "class (or all in one folder for unlabeled data)")
     size = image_size or FOLDER_DEFAULT_SIZE
-    stats = [(str(p.relative_to(base)), p.stat().st_size, p.stat().st_mtime_ns, y)
-             for p, y in files]
+    check_memory(len(files) * 3 * size * size, f"{len(files)} images at {size}x{size}",
+                 "use a smaller data.image_size or fewer images")
+    try:
+        stats = [(str(p.relative_to(base)), p.stat().st_size, p.stat().st_mtime_ns, y)
+                 for p, y in files]
+    except OSError as e:
+        raise SimCLRError(f"cannot read {e.filename} ({e.strerror}): check the image "
+                          "folder's permissions") from None
     key = json.dumps([_CACHE_FORMAT, size, classes, str(base.resolve()), stats])
     digest = hashlib.sha256(key.encode()).hexdigest()[:32]
     cache = cache_home() / "folders" / f"{digest}.safetensors"
@@ -94,8 +106,10 @@ def read_folder(root: Path, split: str = "train", download: bool = True,
         try:
             from safetensors.torch import load_file
 
-            cached = load_file(cache)
-            return cached["images"], cached["labels"]
+            x, y = (cached := load_file(cache))["images"], cached["labels"]
+            if x.dtype == torch.uint8 and x.shape[1:] == (3, size, size) and \
+                    y.dtype == torch.int64 and y.shape == (len(x),) and x.is_contiguous():
+                return x, y
         except Exception:  # a damaged cache is rebuilt
             pass
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:

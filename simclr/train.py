@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from simclr import allocator, dist
 from simclr import config as C
-from simclr import dist
 from simclr.augment import two_views
 from simclr.checkpoint import (
     CHECKPOINT,
@@ -270,7 +270,8 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
 
     log(f"simclr: {cfg.data.name} {n} images {in_channels}x{image_size}x{image_size}, "
         f"{cfg.model.arch} x{cfg.model.width} on {device} ({precision})"
-        + (f" x {world} processes" if world > 1 else "") + f", batch {cfg.train.batch_size}, "
+        + (f" x {world} processes" if world > 1 else "") + f", {allocator.describe()}, "
+        f"batch {cfg.train.batch_size}, "
         f"{cfg.train.epochs} epochs of {steps_per_epoch} steps -> {run_dir}"
         + (f" (resuming at step {step})" if step else ""))
     stop = min(total_steps, cfg.train.max_steps or total_steps)

@@ -10,10 +10,12 @@ import tarfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import simclr.data as data
+import simclr.download
 import simclr.folder
 from simclr.config import Data
 from simclr.data import DATASETS, TensorLoader, load_split, load_train, resize
@@ -27,6 +29,7 @@ def private_dirs(tmp_path, monkeypatch):
     """Keep caches and default data roots inside the test's folder (hidden: folder skips it)."""
     monkeypatch.setenv("SIMCLR_CACHE", str(tmp_path / ".cache"))
     monkeypatch.delenv("SIMCLR_DATA", raising=False)
+    monkeypatch.delenv("SIMCLR_MIRROR", raising=False)
 
 
 def assert_same(got: tuple[torch.Tensor, torch.Tensor], images, labels):
@@ -283,6 +286,50 @@ def test_folder_empty_or_unreadable_or_missing(tmp_path):
         load_split("folder", "train", tmp_path / "nope")
     with pytest.raises(SimCLRError, match="needs data.root"):
         load_split("folder")
+
+
+# --- memory, unreadable files -----------------------------------------------------------
+
+
+def test_readers_refuse_what_does_not_fit_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(simclr.download, "available_memory", lambda: 20_000)
+    formats.write_image_folder(tmp_path / "imgs", 0, 3, 8)
+    assert load_split("folder", "train", tmp_path / "imgs", image_size=40)[0].shape[0] == 3
+    with pytest.raises(SimCLRError, match=r"3 images at 48x48 needs .*: use a smaller "
+                                          r"data.image_size"):
+        load_split("folder", "train", tmp_path / "imgs", image_size=48)
+    formats.write_idx(tmp_path / "idx", 3)
+    with pytest.raises(SimCLRError, match=r"mnist at data.image_size=100 needs"):
+        load_split("mnist", "train", tmp_path / "idx", download=False, image_size=100)
+    formats.write_stl10(tmp_path / "stl", 1)
+    with pytest.raises(SimCLRError, match=r"stl10 train\+unlabeled \(2 images\) needs .*: "
+                                          r"free memory or use data.split=train"):
+        load_split("stl10", "train+unlabeled", tmp_path / "stl", download=False)
+    formats.write_cifar10_binary(tmp_path / "bin", 7, archive=False)
+    with pytest.raises(SimCLRError, match="cifar-10-batches-bin needs 0.1 MiB of memory"):
+        load_split("cifar10", "train", tmp_path / "bin", download=False)
+
+
+def test_stl10_unreadable_file(tmp_path, monkeypatch):
+    formats.write_stl10(tmp_path, 1)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(np, "memmap", denied)
+    with pytest.raises(SimCLRError, match=r"cannot read .*test_X.bin \(Permission denied\)"):
+        load_split("stl10", "test", tmp_path, download=False)
+
+
+def test_folder_cache_with_wrong_content_is_rebuilt(tmp_path):
+    from safetensors.torch import save_file
+
+    want = formats.write_image_folder(tmp_path / "imgs", ["a"], 2, 8)
+    load_split("folder", "train", tmp_path / "imgs", image_size=8)
+    (cache,) = (tmp_path / ".cache").rglob("*.safetensors")
+    save_file({"images": torch.zeros(5, 3, 4, 4, dtype=torch.uint8),
+               "labels": torch.zeros(5, dtype=torch.int64)}, cache)
+    assert_same(load_split("folder", "train", tmp_path / "imgs", image_size=8), *want)
 
 
 # --- registry, resize, load_train ----------------------------------------------------------

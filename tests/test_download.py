@@ -16,18 +16,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import simclr.download
 from simclr.download import (
     RESOURCES,
     Resource,
+    available_memory,
+    check_memory,
     download,
     ensure_files,
     md5sum,
     read_tar_members,
+    resource_url,
     restricted_load,
     safe_extract,
 )
 from simclr.errors import SimCLRError
 from tests.formats import py2_pickle
+
+
+@pytest.fixture(autouse=True)
+def no_mirror(monkeypatch):
+    """Tests name the official URLs: a developer's SIMCLR_MIRROR must not change them."""
+    monkeypatch.delenv("SIMCLR_MIRROR", raising=False)
 
 
 def one_line(err: pytest.ExceptionInfo) -> str:
@@ -320,3 +330,48 @@ def test_restricted_load_refuses_other_builtins():
     blob = pickle.dumps(eval)  # builtins.eval
     with pytest.raises(SimCLRError, match="'builtins.eval': refused"):
         restricted_load(io.BytesIO(blob), "x")
+
+
+# --- memory and mirror ---------------------------------------------------------------------
+
+
+def test_available_memory_reads_meminfo(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:  1000 kB\nMemFree:  10 kB\nMemAvailable:  500 kB\n")
+    assert available_memory(meminfo) == 500 * 1024
+    meminfo.write_text("MemTotal:  1000 kB\n")
+    assert available_memory(meminfo) is None
+    assert available_memory(tmp_path / "missing") is None
+    if Path("/proc/meminfo").is_file():
+        assert available_memory() > 0
+
+
+def test_check_memory(monkeypatch):
+    monkeypatch.setattr(simclr.download, "available_memory", lambda: 3 << 30)
+    check_memory(3 << 30, "x", "fix")
+    with pytest.raises(SimCLRError, match=r"^big data needs 3.5 GiB of memory but only 3.0 GiB is "
+                                          r"available: use less$"):
+        check_memory(7 << 29, "big data", "use less")
+    monkeypatch.setattr(simclr.download, "available_memory", lambda: None)
+    check_memory(1 << 60, "x", "fix")  # unknown: no check
+
+
+def test_read_tar_members_refuses_more_than_memory(tmp_path, monkeypatch):
+    archive = make_tar(tmp_path / "a.tar.gz", [file_member("d/x")], {"d/x": b"x" * 5000})
+    monkeypatch.setattr(simclr.download, "available_memory", lambda: 4000)
+    with pytest.raises(SimCLRError, match=r"a.tar.gz needs 0.0 MiB of memory but only 0.0 MiB"):
+        read_tar_members(archive, ["d/x"])
+
+
+def test_mirror_replaces_the_base_url_and_keeps_the_md5(tmp_path, payload, monkeypatch):
+    src, data, md5 = payload
+    resource = Resource("https://unreachable.invalid/files/blob.bin", "blob.bin", md5)
+    assert resource_url(resource) == resource.url
+    monkeypatch.setenv("SIMCLR_MIRROR", src.as_uri() + "/")
+    assert resource_url(resource) == f"{src.as_uri()}/blob.bin"
+    monkeypatch.setitem(RESOURCES, "toy", [resource])
+    assert (ensure_files("toy", tmp_path / "root") / "blob.bin").read_bytes() == data
+    (src / "blob.bin").write_bytes(b"other content")
+    with pytest.raises(SimCLRError, match="checksum mismatch for blob.bin"):
+        ensure_files("toy", tmp_path / "new" / "root")
+    assert not (tmp_path / "new").exists()  # the folders it made are gone again

@@ -1,0 +1,93 @@
+"""`simclr bench` rows and the caching-allocator re-exec (no test asserts a timing)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from simclr import allocator
+from simclr.bench import bench_one, matrix
+from simclr.config import build_config
+from simclr.loss import nt_xent
+from simclr.models import build_model
+
+REPO = Path(__file__).parent.parent
+TINY = {"data.name": "mnist", "model.width": 0.0625, "model.proj_dim": 8,
+        "train.batch_size": 8, "train.precision": "fp32"}
+
+
+def test_bench_row_is_consistent():
+    row = bench_one(build_config(overrides=TINY), steps=1, warmup=1, windows=1)
+    assert row["image"] == "1x28" and row["batch"] == 8 and row["layout"] == "channels_last"
+    assert row["ratio"] == pytest.approx(row["full_img_s"] / row["bare_img_s"])
+    # the FLOP count is that of one forward + backward on 2B views
+    model = build_model(build_config(overrides=TINY).model, 1, 28)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        _, z = model(torch.rand(16, 1, 28, 28))
+        nt_xent(z[:8], z[8:], 0.5).backward()
+    assert row["gflop_per_step"] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-6)
+
+
+def test_matrix_rows():
+    cfgs = matrix(build_config(overrides=TINY), with_compile=True)
+    got = {(c.train.precision, c.train.channels_last, c.train.compile) for c in cfgs}
+    assert len(got) == 8 and ("bf16", True, True) in got and ("fp32", False, False) in got
+
+
+def test_bench_cli_json(tmp_path):
+    out = tmp_path / "b.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "simclr", "bench", "--steps=1", "--windows=1", "--warmup=1",
+         "--json", out, *[f"--{k}={v}" for k, v in TINY.items()]],
+        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["environment"]["allocator"] in proc.stdout
+    assert report["rows"][0]["precision"] == "fp32" and "full/bare" in proc.stdout
+
+
+def test_find_library_and_opt_out(tmp_path, monkeypatch):
+    lib = tmp_path / "libjemalloc.so.2"
+    lib.write_bytes(b"")
+    monkeypatch.setattr(allocator, "SEARCH", (str(tmp_path),))
+    assert allocator.find_library() == str(lib)
+    monkeypatch.setenv("LD_PRELOAD", f"/x/{lib.name}")
+    assert allocator.loaded() == lib.name and allocator.describe() == lib.name
+    monkeypatch.setenv("LD_PRELOAD", "")
+    monkeypatch.setenv("SIMCLR_NO_ALLOCATOR", "1")
+    calls = []
+    monkeypatch.setattr(os, "execve", lambda *a: calls.append(a))
+    allocator.maybe_reexec(["bench"])
+    assert calls == []
+    monkeypatch.delenv("SIMCLR_NO_ALLOCATOR")
+    monkeypatch.delenv("SIMCLR_ALLOCATOR", raising=False)
+    allocator.maybe_reexec(["bench", "--steps=1"])
+    (exe, argv, env), = calls
+    assert argv[1:] == ["-m", "simclr", "bench", "--steps=1"]
+    assert env["LD_PRELOAD"].startswith(str(lib)) and env["SIMCLR_ALLOCATOR"] == lib.name
+    assert "dirty_decay_ms" in env["MALLOC_CONF"]
+
+
+@pytest.mark.skipif(allocator.find_library() is None,
+                    reason="no tcmalloc/jemalloc installed (apt-get install libjemalloc2)")
+@pytest.mark.parametrize("opt_out", [False, True])
+def test_cli_uses_the_installed_allocator_unless_opted_out(tmp_path, opt_out):
+    env = {k: v for k, v in os.environ.items() if k not in ("SIMCLR_ALLOCATOR", "LD_PRELOAD")}
+    env["PYTHONPATH"] = str(REPO)
+    if opt_out:
+        env["SIMCLR_NO_ALLOCATOR"] = "1"
+    out = tmp_path / "b.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "simclr", "bench", "--steps=1", "--windows=1", "--warmup=0",
+         "--json", out, *[f"--{k}={v}" for k, v in TINY.items()]],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    used = json.loads(out.read_text())["environment"]["allocator"]
+    expected = "glibc malloc" if opt_out else Path(allocator.find_library()).name
+    assert used == expected and f"allocator {expected}" in proc.stdout
