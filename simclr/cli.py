@@ -196,11 +196,28 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"simclr: warning: {message}\n"
 
 
+def exit_now(code: int) -> None:
+    """Flush and end the process without running native exit handlers.
+
+    torch 2.13's CPU build can segfault while destroying oneDNN's cache of bf16 convolution
+    kernels at interpreter exit (a static-destruction-order crash after all work is done),
+    which would turn a finished run into exit code 139. Our files are closed by then.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # a real process: use a caching allocator if one is installed
+    if argv is None:  # a real process
         from simclr.allocator import maybe_reexec
 
-        maybe_reexec(sys.argv[1:])
+        maybe_reexec(sys.argv[1:])  # use a caching allocator if one is installed
+        exit_now(_main(None))
+    return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     warnings.formatwarning = _one_line_warning
     parser = _parser()
     args, extra = parser.parse_known_args(argv)

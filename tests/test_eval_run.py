@@ -15,21 +15,9 @@ import simclr.eval_run as eval_run
 from simclr.config import build_config
 from simclr.errors import SimCLRError
 from simclr.train import pretrain
-from tests.formats import write_idx, write_image_folder
+from tests.formats import write_image_folder
 
 REPO = Path(__file__).parent.parent
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A 2-epoch tiny MNIST-format run with the online kNN monitor every epoch."""
-    root = tmp_path_factory.mktemp("data")
-    write_idx(root, 128, n_test=48)
-    cfg = build_config(overrides={
-        "data.name": "mnist", "data.root": str(root), "data.download": False,
-        "model.width": 0.0625, "model.proj_dim": 16, "train.batch_size": 32, "train.epochs": 2,
-        "train.progress": False, "eval.every": 1, "eval.knn_k": 20})
-    return pretrain(cfg, tmp_path_factory.mktemp("runs") / "run", log=lambda *_: None)
 
 
 def test_cli_eval_writes_schema_with_baselines(run_dir):

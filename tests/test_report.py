@@ -2,10 +2,7 @@
 computation from metrics.jsonl, PNGs that open, have the expected size and are not blank."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -17,34 +14,14 @@ from PIL import Image
 
 import simclr
 from simclr import pictures, report
-from simclr.config import build_config
 from simclr.errors import SimCLRError
 from simclr.eval_run import format_table
-from simclr.train import pretrain
-from tests.formats import write_idx
+from tests.helpers import run_cli as simclr_cli
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).parent.parent
-
-
-def simclr_cli(*args):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "simclr", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A 2-epoch tiny MNIST-format run with the online kNN monitor every epoch."""
-    root = tmp_path_factory.mktemp("data")
-    write_idx(root, 128, n_test=48)
-    cfg = build_config(overrides={
-        "data.name": "mnist", "data.root": str(root), "data.download": False,
-        "model.width": 0.0625, "model.proj_dim": 16, "train.batch_size": 32, "train.epochs": 2,
-        "train.progress": False, "eval.every": 1, "eval.knn_k": 20})
-    return pretrain(cfg, tmp_path_factory.mktemp("runs") / "run", log=lambda *_: None)
 
 
 def assert_picture(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -3,9 +3,6 @@ cells; a bad grid fails before any run dir exists."""
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +13,12 @@ from simclr import sweep as S
 from simclr.errors import SimCLRError
 from simclr.report import run_stats
 from tests.formats import write_idx
+from tests.helpers import run_cli as simclr_cli
 
 REPO = Path(__file__).parent.parent
 GRID = ["--grid", "optim.name=lars,adam", "--grid", "train.batch_size=32,64"]
 CELLS = ["optim.name=lars,train.batch_size=32", "optim.name=lars,train.batch_size=64",
          "optim.name=adam,train.batch_size=32", "optim.name=adam,train.batch_size=64"]
-
-
-def simclr_cli(*args):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "simclr", *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
