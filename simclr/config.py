@@ -85,6 +85,7 @@ class Train:
     log_every: int = 50  # steps per metrics.jsonl window line
     checkpoint_every: int = 0  # also checkpoint every N steps inside epochs; 0 = epoch ends only
     progress: bool = True  # tqdm progress bar
+    tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard package)
 
 
 @dataclass

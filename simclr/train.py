@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from simclr import allocator, dist
+from simclr import allocator, dist, tboard
 from simclr import config as C
 from simclr.augment import two_views
 from simclr.checkpoint import (
@@ -46,7 +46,7 @@ from simclr.runtime import autocast, resolve_device, resolve_precision, step_gen
 METRICS = "metrics.jsonl"
 # Keys a resumed run may change without --force: they do not alter what is computed.
 RESUME_FREE = {"train.max_steps", "train.progress", "train.log_every", "train.device",
-               "train.compile", "train.checkpoint_every"}
+               "train.compile", "train.checkpoint_every", "train.tensorboard"}
 RESUME_FREE_SECTIONS = {"eval", "probe", "finetune"}
 
 
@@ -185,6 +185,8 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
                               f"dataset ({images.shape[0]} images); lower it or use more data")
         if cfg.augment.mean is None or cfg.augment.std is None:
             cfg.augment.mean, cfg.augment.std = channel_stats(images)
+        if cfg.train.tensorboard:
+            tboard.check_available()
         lock = run_lock(run_dir) if dist.is_main() else contextlib.nullcontext()
         with lock:
             return _pretrain(cfg, run_dir, force, log, images, device, precision)
@@ -242,6 +244,13 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
     epoch_loss = torch.tensor(epoch_sum, dtype=acc_dtype, device=device)  # summed step by step
     window_loss = torch.zeros((), dtype=acc_dtype, device=device)
     lr = lr_at(step, peak_lr, warmup_steps, total_steps)
+    tb = tboard.TensorBoard(run_dir) if cfg.train.tensorboard and main else None
+
+    def record(rec: dict) -> None:
+        _append_metrics(run_dir / METRICS, rec)
+        if tb is not None:
+            tb.record(rec)
+
     every, monitor = monitor_every(cfg), None
     if every and main:
         try:
@@ -289,6 +298,8 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
             v1, v2 = two_views(x, cfg.augment, cfg.augment.mean, cfg.augment.std,
                                step_generator(cfg.train.seed, step, device, stream=rank))
             views = torch.cat([v1, v2]).contiguous(memory_format=memory_format)  # 2B x C x H x W
+            if tb is not None and step % steps_per_epoch == 0:
+                tb.views(v1, v2, cfg.augment.mean, cfg.augment.std, step)
             loss = train_step(train_model, optimizer, scaler, views, cfg, device, precision,
                               rank, gather)
             step, window_steps = step + 1, window_steps + 1
@@ -302,7 +313,7 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
                 mean_loss = float(dist.reduce_mean(window_loss)) / window_steps
                 speed = window_steps * cfg.train.batch_size / dt
                 if main:
-                    _append_metrics(run_dir / METRICS, {
+                    record({
                         "kind": "window", "epoch": epoch + 1, "step": step, "loss": mean_loss,
                         "lr": lr, "images_per_s": speed, "time": elapsed})
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{speed:.0f}")
@@ -322,14 +333,14 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
                 t = time.perf_counter()
                 top1 = knn_monitor(model.encoder, monitor, cfg, device, precision)
                 model.train()
-                _append_metrics(run_dir / METRICS, {
+                record({
                     "kind": "knn", "epoch": epoch + 1, "step": step, "knn_top1": top1,
                     "k": cfg.eval.knn_k, "n_train": len(monitor["train"][1]),
                     "n_test": len(monitor["test"][1]), "seconds": time.perf_counter() - t,
                     "time": elapsed})
                 knn = f" kNN top1 {100 * top1:.2f}%"
             if main:
-                _append_metrics(run_dir / METRICS, {
+                record({
                     "kind": "epoch", "epoch": epoch + 1, "step": step, "loss": history[-1],
                     "lr": lr, "time": elapsed})
             log(f"epoch {epoch + 1}/{cfg.train.epochs} loss {history[-1]:.4f} lr {lr:.4g} "
@@ -337,6 +348,8 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
         checkpoint()
         dist.barrier()  # the other ranks wait for rank 0's checkpoint and monitor
 
+    if tb is not None:
+        tb.close()
     if main:
         meta = encoder_meta(cfg, in_channels, image_size, step // steps_per_epoch, step)
         export_encoder(run_dir / ENCODER, model.encoder, meta)

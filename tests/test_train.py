@@ -134,3 +134,34 @@ def test_fp32_and_bf16_losses_agree(mnist_root, tmp_path):
         run_dir = run(cfg, tmp_path / precision)
         first[precision] = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
     assert first["bf16"]["loss"] == pytest.approx(first["fp32"]["loss"], rel=0.02)
+
+
+def test_tensorboard_logs_scalars_and_views(mnist_root, tmp_path):
+    pytest.importorskip("tensorboard", reason="pip install tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = run(tiny(mnist_root, **{"train.tensorboard": True}), tmp_path / "run")
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"window/loss", "window/lr", "epoch/loss", "knn/knn_top1"} <= set(tags["scalars"])
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    window_losses = [x["loss"] for x in lines if x["kind"] == "window"]
+    assert [e.value for e in events.Scalars("window/loss")] == pytest.approx(window_losses)
+    assert "views" in tags["images"] and len(events.Images("views")) == 2  # one per epoch
+
+
+def test_tensorboard_missing_is_a_clean_error(mnist_root, tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name.startswith("torch.utils.tensorboard"):
+            raise ImportError("no tensorboard")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    with pytest.raises(SimCLRError, match="pip install tensorboard"):
+        run(tiny(mnist_root, **{"train.tensorboard": True}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
