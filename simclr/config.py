@@ -26,6 +26,7 @@ class Data:
     image_size: int = 0  # resize to this side; 0 = the dataset's native size
     download: bool = True  # fetch official files (md5-checked) when missing
     split: str = "train"  # training split: train | unlabeled | train+unlabeled (STL-10)
+    stream: str = "auto"  # folder: on (decode per batch in workers) | off | auto (when too big)
 
 
 @dataclass
@@ -312,6 +313,7 @@ def validate(cfg: Config) -> None:
     _choice("optim.lr_scaling", cfg.optim.lr_scaling, ["linear", "sqrt", "none"])
     _choice("model.stem", cfg.model.stem, ["auto", "cifar", "imagenet"])
     _choice("train.precision", cfg.train.precision, ["auto", "bf16", "fp16", "fp32"])
+    _choice("data.stream", cfg.data.stream, ["auto", "on", "off"])
     checks = [
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.loss.temperature > 0, "loss.temperature must be > 0"),
@@ -321,6 +323,8 @@ def validate(cfg: Config) -> None:
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0 = per epoch)"),
         (cfg.data.subset >= 0, "data.subset must be >= 0 (0 = all)"),
+        (cfg.data.stream != "on" or cfg.data.name == "folder",
+         "data.stream=on streams image folders only: set data.name=folder or data.stream=auto"),
         (cfg.data.image_size >= 0, "data.image_size must be >= 0 (0 = native size)"),
         (cfg.model.width > 0, "model.width must be > 0"),
         (cfg.model.proj_layers >= 1, "model.proj_layers must be >= 1"),

@@ -43,6 +43,7 @@ from simclr.download import (
 )
 from simclr.errors import SimCLRError
 from simclr.folder import FOLDER_DEFAULT_SIZE, cache_home, read_folder
+from simclr.stream import epoch_permutation
 
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fashion-mnist
 
@@ -406,10 +407,7 @@ class TensorLoader:
 
     def permutation(self, epoch: int) -> Tensor:
         """int64 N: a permutation of 0..N-1, on the images' device, a function of (seed, epoch)."""
-        state = np.random.SeedSequence([self.seed & (2**63 - 1), epoch]).generate_state(2)
-        generator = torch.Generator(device=self.images.device)
-        generator.manual_seed(int(state[0]) << 31 ^ int(state[1]))
-        return torch.randperm(len(self.images), generator=generator, device=self.images.device)
+        return epoch_permutation(len(self.images), self.seed, epoch, self.images.device)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Tensor]:
         """This rank's batches of ``epoch`` from step ``start`` (local_batch x C x H x W each)."""

@@ -3,11 +3,13 @@
 Layout: ``root/<class>/**/*.png`` (label = index of the class folder in sorted order) or flat
 ``root/*.png`` (labels -1); a root with both ``train/`` and ``test/`` subfolders gives those two
 splits, class indices taken from the sorted union of their class folders. Hidden files and
-folders are skipped.
+folders are skipped. :func:`list_folder` gives the files and labels without decoding them
+(the streaming loader, :mod:`simclr.stream`, reads them one by one).
 
 Images are decoded to RGB, always (grayscale ones are replicated to 3 channels, so a folder
 gives one shape), center-cropped to a square and resized (bicubic) to ``image_size``, which is
-:data:`FOLDER_DEFAULT_SIZE` when 0. Unreadable files (corrupt, truncated, not images,
+:data:`FOLDER_DEFAULT_SIZE` when 0, by :func:`decode_image`, the one decoder of both the
+in-memory and the streaming path. Unreadable files (corrupt, truncated, not images,
 decompression bombs) are skipped with a warning naming them; none readable is a SimCLRError,
 and so is a folder whose decoded images would not fit in the available memory. The result is
 cached in ``$SIMCLR_CACHE/folders`` (default ``~/.cache/simclr``), keyed on the files' relative
@@ -48,14 +50,21 @@ def _list_images(folder: Path) -> list[Path]:
                   and not any(s.startswith(".") for s in p.relative_to(folder).parts))
 
 
-def _decode_image(path: Path, size: int) -> np.ndarray | None:
+def _too_big(im) -> bool:
+    from PIL import Image
+
+    # Pillow only warns up to twice MAX_IMAGE_PIXELS; a bomb is unreadable here
+    return im.width * im.height > (Image.MAX_IMAGE_PIXELS or math.inf)
+
+
+def decode_image(path: str | Path, size: int) -> np.ndarray | None:
     """size x size x 3 uint8 RGB (center crop + bicubic resize), or None if unreadable."""
     from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
-            if im.width * im.height > (Image.MAX_IMAGE_PIXELS or math.inf):
-                return None  # Pillow only warns up to twice this; a bomb is unreadable here
+            if _too_big(im):
+                return None
             im = im.convert("RGB")
             if im.size != (size, size):
                 im = ImageOps.fit(im, (size, size), Image.Resampling.BICUBIC)
@@ -64,12 +73,25 @@ def _decode_image(path: Path, size: int) -> np.ndarray | None:
         return None
 
 
-def read_folder(root: Path, split: str = "train", download: bool = True,
-                image_size: int = 0) -> tuple[Tensor, Tensor]:
-    """One split of an image folder: (uint8 N x 3 x S x S, int64 N), S = image_size or 64.
+_decode_image = decode_image  # the name read_folder calls (tests patch it)
 
-    ``download`` is ignored (there is nothing to download); it keeps the reader signature.
+
+def probe_image(path: str | Path) -> bool:
+    """Whether Pillow reads ``path``'s header as an image that is not a decompression bomb.
+
+    Reads the header only: a file that passes may still fail to decode (truncated data).
     """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return not _too_big(im)
+    except Exception:
+        return False
+
+
+def _listing(root: Path, split: str) -> tuple[Path, list[str], list[tuple[Path, int]]]:
+    """(the split's folder, class names, [(file, label)] in reader order), unreadable or not."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise SimCLRError(f"image folder {root} not found: set data.root to a folder of images")
@@ -90,6 +112,51 @@ def read_folder(root: Path, split: str = "train", download: bool = True,
     if not files:
         raise SimCLRError(f"no images found in {base}: add .png/.jpg files, one subfolder per "
                           "class (or all in one folder for unlabeled data)")
+    return base, classes, files
+
+
+def _warn_skipped(bad: list[str], base: Path, total: int, stacklevel: int = 3) -> None:
+    """Warn about skipped files; SimCLRError when all ``total`` of them were."""
+    if len(bad) == total:
+        raise SimCLRError(f"no readable image in {base} ({len(bad)} files failed to decode): "
+                          "check that they are valid images")
+    if bad:
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {base}: "
+                      f"{', '.join(bad[:10])}{more}", stacklevel=stacklevel)
+
+
+def _threads() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+def list_folder(root: str | Path, split: str = "train",
+                probe: bool = True) -> tuple[list[Path], list[int], list[str]]:
+    """The image files of one split without decoding them: (files, labels, classes).
+
+    In the order and with the labels of :func:`read_folder` (-1 when flat). With ``probe``,
+    files whose header Pillow cannot read as an image (not images, decompression bombs) are
+    left out with the same warning as :func:`read_folder`; a file with a valid header but
+    corrupt data is only found when decoded (:mod:`simclr.stream` raises on it).
+    """
+    base, classes, files = _listing(Path(root), split)
+    if probe:
+        with ThreadPoolExecutor(max_workers=_threads()) as pool:
+            ok = list(pool.map(probe_image, [p for p, _ in files]))
+        bad = [str(p.relative_to(base)) for (p, _), good in zip(files, ok, strict=True)
+               if not good]
+        _warn_skipped(bad, base, len(files))
+        files = [f for f, good in zip(files, ok, strict=True) if good]
+    return [p for p, _ in files], [y for _, y in files], classes
+
+
+def read_folder(root: Path, split: str = "train", download: bool = True,
+                image_size: int = 0) -> tuple[Tensor, Tensor]:
+    """One split of an image folder: (uint8 N x 3 x S x S, int64 N), S = image_size or 64.
+
+    ``download`` is ignored (there is nothing to download); it keeps the reader signature.
+    """
+    base, classes, files = _listing(Path(root), split)
     size = image_size or FOLDER_DEFAULT_SIZE
     check_memory(len(files) * 3 * size * size, f"{len(files)} images at {size}x{size}",
                  "use a smaller data.image_size or fewer images")
@@ -112,17 +179,11 @@ def read_folder(root: Path, split: str = "train", download: bool = True,
                 return x, y
         except Exception:  # a damaged cache is rebuilt
             pass
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=_threads()) as pool:
         decoded = list(pool.map(lambda p: _decode_image(p, size), [p for p, _ in files]))
     bad = [str(p.relative_to(base)) for (p, _), a in zip(files, decoded, strict=True) if a is None]
+    _warn_skipped(bad, base, len(files))
     good = [(a, y) for (_, y), a in zip(files, decoded, strict=True) if a is not None]
-    if not good:
-        raise SimCLRError(f"no readable image in {base} ({len(bad)} files failed to decode): "
-                          "check that they are valid images")
-    if bad:
-        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {base}: "
-                      f"{', '.join(bad[:10])}{more}", stacklevel=2)
     images = torch.from_numpy(np.stack([a for a, _ in good])).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor([y for _, y in good], dtype=torch.int64)
     _save_cache(cache, images, labels)
@@ -141,4 +202,5 @@ def _save_cache(path: Path, images: Tensor, labels: Tensor) -> None:
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["FOLDER_DEFAULT_SIZE", "IMAGE_EXTENSIONS", "cache_home", "read_folder"]
+__all__ = ["FOLDER_DEFAULT_SIZE", "IMAGE_EXTENSIONS", "cache_home", "decode_image", "list_folder",
+           "probe_image", "read_folder"]

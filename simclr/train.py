@@ -13,6 +13,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,28 +39,41 @@ from simclr.checkpoint import (
 from simclr.data import TensorLoader, load_train
 from simclr.errors import SimCLRError
 from simclr.eval_run import eval_data, knn_monitor
+from simclr.folder import list_folder
 from simclr.loss import nt_xent
 from simclr.models import build_model, resolve_stem
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from simclr.runtime import autocast, resolve_device, resolve_precision, step_generator
+from simclr.stream import StreamLoader, fits_in_memory
 
 METRICS = "metrics.jsonl"
 # Keys a resumed run may change without --force: they do not alter what is computed.
 RESUME_FREE = {"train.max_steps", "train.progress", "train.log_every", "train.device",
-               "train.compile", "train.checkpoint_every", "train.tensorboard"}
+               "train.compile", "train.checkpoint_every", "train.tensorboard",
+               "data.stream"}
 RESUME_FREE_SECTIONS = {"eval", "probe", "finetune"}
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units of uint8 images N x C x H x W."""
-    c = images.shape[1]
-    total = torch.zeros(c, dtype=torch.float64)
-    squares = torch.zeros(c, dtype=torch.float64)
-    for i in range(0, images.shape[0], chunk):
-        x = images[i:i + chunk].to(torch.float64) / 255
+def channel_stats(images: torch.Tensor | Iterable[torch.Tensor],
+                  chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units of uint8 images N x C x H x W.
+
+    ``images`` may also be an iterable of such chunks (a streamed folder's ``chunks()``); the
+    same chunks give the same bits.
+    """
+    chunks = images
+    if isinstance(images, torch.Tensor):
+        chunks = (images[i:i + chunk] for i in range(0, images.shape[0], chunk))
+    total = squares = None
+    n = 0
+    for x in chunks:
+        x = x.to(torch.float64) / 255
+        if total is None:
+            total = torch.zeros(x.shape[1], dtype=torch.float64)
+            squares = torch.zeros(x.shape[1], dtype=torch.float64)
         total += x.sum(dim=(0, 2, 3))
         squares += (x * x).sum(dim=(0, 2, 3))
-    n = images.shape[0] * images.shape[2] * images.shape[3]
+        n += x.shape[0] * x.shape[2] * x.shape[3]
     mean = total / n
     std = (squares / n - mean**2).clamp_min(1e-12).sqrt()
     return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
@@ -179,12 +193,21 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
         precision = resolve_precision(cfg.train.precision, device)
         if precision == "fp16" and device.type != "cuda":
             raise SimCLRError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 here")
-        images, _ = load_train(cfg.data)  # uint8 N x C x H x W on the CPU
-        if cfg.train.batch_size > images.shape[0]:
-            raise SimCLRError(f"train.batch_size {cfg.train.batch_size} is larger than the "
-                              f"dataset ({images.shape[0]} images); lower it or use more data")
-        if cfg.augment.mean is None or cfg.augment.std is None:
-            cfg.augment.mean, cfg.augment.std = channel_stats(images)
+        stream = use_stream(cfg.data, device)
+        if stream:  # the files, decoded batch by batch in DataLoader workers
+            images = StreamLoader.from_folder(
+                cfg.data.root, cfg.data.split, cfg.data.image_size, cfg.train.batch_size,
+                cfg.train.seed, cfg.data.subset, rank=dist.rank(), world_size=dist.world_size(),
+                device=device)
+        else:
+            images, _ = load_train(cfg.data)  # uint8 N x C x H x W on the CPU
+            if cfg.train.batch_size > images.shape[0]:
+                raise SimCLRError(f"train.batch_size {cfg.train.batch_size} is larger than the "
+                                  f"dataset ({images.shape[0]} images); lower it or use more "
+                                  "data")
+        if cfg.augment.mean is None or cfg.augment.std is None:  # streamed: one decoding pass
+            cfg.augment.mean, cfg.augment.std = channel_stats(images.chunks() if stream
+                                                              else images)
         if cfg.train.tensorboard:
             tboard.check_available()
         lock = run_lock(run_dir) if dist.is_main() else contextlib.nullcontext()
@@ -199,10 +222,26 @@ def _quiet(*_args, **_kwargs) -> None:
     pass
 
 
-def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tensor,
-              device: torch.device, precision: str) -> Path:
-    n, in_channels, image_size = images.shape[0], images.shape[1], images.shape[-1]
+def use_stream(data: C.Data, device: torch.device) -> bool:
+    """Whether training streams the image folder: data.stream, or (auto) when it is too big."""
+    if data.name != "folder" or data.stream == "off" or data.root is None:
+        return False
+    if data.stream == "on":
+        return True
+    files, _, _ = list_folder(data.root, data.split, probe=False)
+    n = min(len(files), data.subset) if data.subset else len(files)
+    return not fits_in_memory(n, data.image_size, 3, device)
+
+
+def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
+              images: torch.Tensor | StreamLoader, device: torch.device, precision: str) -> Path:
     rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
+    if isinstance(images, StreamLoader):
+        loader, n, (in_channels, image_size, _) = images, len(images.files), images.shape
+    else:
+        n, in_channels, image_size = images.shape[0], images.shape[1], images.shape[-1]
+        loader = TensorLoader(images.to(device), cfg.train.batch_size, cfg.train.seed, rank,
+                              world)
     ckpt_path = run_dir / CHECKPOINT
     state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if state is not None:
@@ -215,7 +254,6 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
         model = dist.convert_batchnorm(model)
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    loader = TensorLoader(images.to(device), cfg.train.batch_size, cfg.train.seed, rank, world)
     steps_per_epoch = len(loader)
     total_steps = cfg.train.epochs * steps_per_epoch
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
@@ -277,7 +315,8 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log, images: torch.Tens
                 "elapsed": elapsed, "loss_history": history, "epoch_loss_sum": epoch_total,
                 "config": cfg.to_dict(), "rng": rng_state()})
 
-    log(f"simclr: {cfg.data.name} {n} images {in_channels}x{image_size}x{image_size}, "
+    streamed = f" streamed by {loader.workers} workers" if isinstance(loader, StreamLoader) else ""
+    log(f"simclr: {cfg.data.name} {n} images {in_channels}x{image_size}x{image_size}{streamed}, "
         f"{cfg.model.arch} x{cfg.model.width} on {device} ({precision})"
         + (f" x {world} processes" if world > 1 else "") + f", {allocator.describe()}, "
         f"batch {cfg.train.batch_size}, "

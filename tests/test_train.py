@@ -165,3 +165,30 @@ def test_tensorboard_missing_is_a_clean_error(mnist_root, tmp_path, monkeypatch)
     with pytest.raises(SimCLRError, match="pip install tensorboard"):
         run(tiny(mnist_root, **{"train.tensorboard": True}), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_streamed_folder_trains_as_in_memory(tmp_path, monkeypatch):
+    from tests.formats import write_image_folder
+
+    monkeypatch.setenv("SIMCLR_CACHE", str(tmp_path / ".cache"))
+    write_image_folder(tmp_path / "imgs", 2, 20, 16)
+
+    def folder(stream, **extra):
+        return build_config(overrides={
+            "data.name": "folder", "data.root": str(tmp_path / "imgs"), "data.image_size": 16,
+            "data.stream": stream, "model.width": 0.0625, "model.proj_dim": 16,
+            "train.batch_size": 16, "train.epochs": 2, "train.progress": False,
+            "optim.warmup_epochs": 1.0, "eval.every": 0, **extra})
+
+    memory = run(folder("off"), tmp_path / "memory")
+    streamed = run(folder("on"), tmp_path / "streamed")
+    mixed = tmp_path / "mixed"  # streamed, then resumed in memory: the same batches
+    run(folder("on", **{"train.max_steps": 3}), mixed)
+    run(folder("off"), mixed)
+    for other in (streamed, mixed):
+        assert yaml.safe_load((other / "config.yaml").read_text())["augment"] == \
+            yaml.safe_load((memory / "config.yaml").read_text())["augment"]
+        assert np.array_equal(np.load(other / "loss_history.npy"),
+                              np.load(memory / "loss_history.npy"))
+        a, b = encoder(memory), encoder(other)
+        assert all(torch.equal(a[k], b[k]) for k in a)
