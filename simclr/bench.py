@@ -16,6 +16,7 @@ import resource
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from simclr.augment import two_views
 from simclr.data import DATASETS, TensorLoader
 from simclr.models import build_model
 from simclr.optim import build_optimizer, set_lr
-from simclr.runtime import resolve_device, resolve_precision, step_generator
+from simclr.runtime import cpu_contention, resolve_device, resolve_precision, step_generator
 from simclr.train import train_step
 
 
@@ -153,6 +154,8 @@ def run(cfg: C.Config, steps: int, warmup: int, windows: int, with_matrix: bool,
     log(f"simclr bench: {r0.model.arch} x{r0.model.width}, {r0.data.name}-shaped "
         f"{'x'.join(map(str, _shape(r0)))} images, batch {r0.train.batch_size}, torch "
         f"{env['torch']}, {env['threads']} threads, allocator {env['allocator']}")
+    if message := cpu_contention(resolve_device(cfg.train.device)):
+        warnings.warn(message + " (timings taken now are not the machine's)", stacklevel=2)
     configs = matrix(cfg, with_compile) if with_matrix else [cfg]
     rows = [bench_one(c, steps, warmup, windows) for c in configs]
     log(format_rows(rows))

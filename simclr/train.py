@@ -13,6 +13,7 @@ import math
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +44,13 @@ from simclr.folder import list_folder
 from simclr.loss import nt_xent
 from simclr.models import build_model, resolve_stem
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr
-from simclr.runtime import autocast, resolve_device, resolve_precision, step_generator
+from simclr.runtime import (
+    autocast,
+    cpu_contention,
+    resolve_device,
+    resolve_precision,
+    step_generator,
+)
 from simclr.stream import StreamLoader, fits_in_memory
 
 METRICS = "metrics.jsonl"
@@ -193,6 +200,8 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
         precision = resolve_precision(cfg.train.precision, device)
         if precision == "fp16" and device.type != "cuda":
             raise SimCLRError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 here")
+        if dist.world_size() == 1 and (message := cpu_contention(device)):
+            warnings.warn(message, stacklevel=2)
         stream = use_stream(cfg.data, device)
         if stream:  # the files, decoded batch by batch in DataLoader workers
             images = StreamLoader.from_folder(

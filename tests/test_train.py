@@ -192,3 +192,35 @@ def test_streamed_folder_trains_as_in_memory(tmp_path, monkeypatch):
                               np.load(memory / "loss_history.npy"))
         a, b = encoder(memory), encoder(other)
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_contention_warning_rules():
+    from simclr.runtime import contention_warning
+    assert contention_warning(2, 2, 0) is None  # alone
+    assert contention_warning(1, 2, 1) is None  # one thread beside one busy thread: fits
+    assert contention_warning(2, 2, None) is None  # unknown (no /proc/loadavg)
+    message = contention_warning(2, 2, 1)
+    assert "1 other thread(s)" in message and message.endswith("OMP_NUM_THREADS=1")
+    assert contention_warning(16, 16, 3).endswith("OMP_NUM_THREADS=13")
+    assert contention_warning(2, 2, 5).endswith("OMP_NUM_THREADS=1")  # never 0 or less
+
+
+def test_busy_threads_reads_loadavg(monkeypatch, tmp_path):
+    import simclr.runtime as runtime
+    reads = iter(["0.5 0.4 0.3 3/100 7\n", "0.5 0.4 0.3 1/100 7\n", "0.5 0.4 0.3 3/100 7\n"])
+    real_open = open
+    monkeypatch.setattr(runtime, "open", lambda path, *a, **k: __import__("io").StringIO(
+        next(reads)) if path == "/proc/loadavg" else real_open(path, *a, **k), raising=False)
+    assert runtime.busy_threads(samples=3, interval=0) == 2  # median of 2, 0, 2 (self excluded)
+
+
+def test_pretrain_warns_when_cores_are_taken(mnist_root, tmp_path, monkeypatch):
+    import simclr.runtime as runtime
+    monkeypatch.setattr(runtime, "busy_threads", lambda: 64)
+    with pytest.warns(UserWarning, match="other thread.*OMP_NUM_THREADS"):
+        run(tiny(mnist_root, **{"train.epochs": 1}), tmp_path / "run")
+    monkeypatch.setattr(runtime, "busy_threads", lambda: 0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(tiny(mnist_root, **{"train.epochs": 1}), tmp_path / "run2")
