@@ -1,11 +1,17 @@
 """Fixtures and hooks shared by the test files."""
 
+import os
+
 import pytest
 
 from simclr.cli import exit_now
 from simclr.config import build_config
 from simclr.train import pretrain
 from tests.formats import write_idx
+
+# Output must not depend on the machine's load: no CPU-contention warning in runs the tests start
+# (inherited by their subprocesses); test_train turns it back on where it tests it.
+os.environ["SIMCLR_NO_CONTENTION_WARNING"] = "1"
 
 
 @pytest.fixture(scope="module")

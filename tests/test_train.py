@@ -216,6 +216,7 @@ def test_busy_threads_reads_loadavg(monkeypatch, tmp_path):
 
 def test_pretrain_warns_when_cores_are_taken(mnist_root, tmp_path, monkeypatch):
     import simclr.runtime as runtime
+    monkeypatch.delenv("SIMCLR_NO_CONTENTION_WARNING")  # conftest turns the check off
     monkeypatch.setattr(runtime, "busy_threads", lambda: 64)
     with pytest.warns(UserWarning, match="other thread.*OMP_NUM_THREADS"):
         run(tiny(mnist_root, **{"train.epochs": 1}), tmp_path / "run")
@@ -224,3 +225,8 @@ def test_pretrain_warns_when_cores_are_taken(mnist_root, tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(tiny(mnist_root, **{"train.epochs": 1}), tmp_path / "run2")
+    monkeypatch.setattr(runtime, "busy_threads", lambda: 64)
+    monkeypatch.setenv("SIMCLR_NO_CONTENTION_WARNING", "1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(tiny(mnist_root, **{"train.epochs": 1}), tmp_path / "run3")
