@@ -74,7 +74,7 @@ def contention_warning(threads: int, cores: int, busy: int | None) -> str | None
         return None
     fit = max(1, cores - busy)
     return (f"{busy} other thread(s) are running on these {cores} CPUs: torch's {threads} "
-            f"threads will contend for them and can run >10x slower; stop the other work or "
+            f"thread(s) will contend for them and can run >10x slower; stop the other work or "
             f"set OMP_NUM_THREADS={fit}")
 
 

@@ -178,7 +178,8 @@ ROWS: dict[str, Row] = {
 def run_row(row: Row, d: Path) -> dict:
     d.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIMCLR_")}
-    env.update(PYTHONPATH=str(REPO), SIMCLR_CACHE=str(d / "cache"), **row.env(d))
+    env.update(PYTHONPATH=str(REPO), SIMCLR_CACHE=str(d / "cache"),
+               SIMCLR_NO_CONTENTION_WARNING="1", **row.env(d))  # rows run two at a time
     args = [sys.executable, "-m", "simclr", "pretrain", "--run-dir", str(d / "run"),
             *row.setup(d), *SMALL]
     proc = subprocess.run(args, cwd=d, env=env, capture_output=True, text=True, timeout=120)
