@@ -35,7 +35,8 @@ import torch
 from simclr import allocator
 from simclr import config as C
 from simclr.augment import two_views
-from simclr.data import TensorLoader, load_split
+from simclr.data import load_split
+from simclr.loader import TensorLoader
 from simclr.models import build_model
 from simclr.optim import build_optimizer, set_lr
 from simclr.runtime import resolve_device, resolve_precision, step_generator

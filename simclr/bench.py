@@ -27,7 +27,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from simclr import allocator
 from simclr import config as C
 from simclr.augment import two_views
-from simclr.data import DATASETS, TensorLoader
+from simclr.data import DATASETS
+from simclr.loader import TensorLoader
 from simclr.models import build_model
 from simclr.optim import build_optimizer, set_lr
 from simclr.runtime import cpu_contention, resolve_device, resolve_precision, step_generator

@@ -1,4 +1,4 @@
-"""Datasets as tensors: official-format readers, the ``DATASETS`` registry, ``TensorLoader``.
+"""Datasets as tensors: official-format readers and the ``DATASETS`` registry.
 
 Every reader returns ``(images, labels)``: uint8 ``N x C x H x W`` (contiguous, CPU) and int64
 ``N`` labels, -1 meaning unlabeled. Readers take the files in their official formats, either
@@ -23,7 +23,6 @@ import io
 import math
 import os
 import zlib
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,7 +42,6 @@ from simclr.download import (
 )
 from simclr.errors import SimCLRError
 from simclr.folder import FOLDER_DEFAULT_SIZE, cache_home, read_folder
-from simclr.stream import epoch_permutation
 
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fashion-mnist
 
@@ -373,50 +371,6 @@ def load_train(cfg: Data) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
-class TensorLoader:
-    """Shuffled batches of an image tensor that already lives on the training device.
-
-    Each epoch is a permutation drawn on the images' device from ``(seed, epoch)`` alone, so
-    any epoch (and any step in it) can be regenerated for an exact resume. Batches drop the
-    last incomplete one. Under DDP every rank builds the same permutation and takes its
-    contiguous ``batch_size // world_size`` slice of each global batch.
-
-    Args:
-        images: N x C x H x W (any dtype; uint8 in training).
-        batch_size: the global batch, divisible by ``world_size``.
-        seed: the run's seed.
-        rank: this process's rank.
-        world_size: number of processes.
-    """
-
-    def __init__(self, images: Tensor, batch_size: int, seed: int, rank: int = 0,
-                 world_size: int = 1) -> None:
-        n = len(images)
-        if batch_size > n:
-            raise SimCLRError(f"train.batch_size {batch_size} is larger than the dataset ({n} "
-                              "images): lower it or use more data")
-        if batch_size % world_size:
-            raise SimCLRError(f"train.batch_size {batch_size} does not divide by the "
-                              f"{world_size} processes: make it a multiple of {world_size}")
-        self.images, self.batch_size, self.seed = images, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.local_batch = batch_size // world_size
-
-    def __len__(self) -> int:
-        return len(self.images) // self.batch_size
-
-    def permutation(self, epoch: int) -> Tensor:
-        """int64 N: a permutation of 0..N-1, on the images' device, a function of (seed, epoch)."""
-        return epoch_permutation(len(self.images), self.seed, epoch, self.images.device)
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[Tensor]:
-        """This rank's batches of ``epoch`` from step ``start`` (local_batch x C x H x W each)."""
-        perm = self.permutation(epoch)
-        for step in range(start, len(self)):
-            lo = step * self.batch_size + self.rank * self.local_batch
-            yield self.images[perm[lo:lo + self.local_batch]]
-
-
-__all__ = ["DATASETS", "TensorLoader", "cache_home", "default_root", "load_split", "load_train",
+__all__ = ["DATASETS", "cache_home", "default_root", "load_split", "load_train",
            "read_cifar10", "read_cifar100", "read_folder", "read_idx", "read_mnist", "read_stl10",
            "resize"]

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from simclr import config as C
 from simclr.augment import simclr_augment
-from simclr.data import TensorLoader
+from simclr.loader import TensorLoader
 from simclr.optim import lr_at, param_groups, scaled_lr, set_lr
 from simclr.protocols import extract_features, stratified_split
 

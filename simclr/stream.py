@@ -1,6 +1,6 @@
 """Image folders too large for the device, streamed: decode + resize in DataLoader workers.
 
-:class:`StreamLoader` has the interface and the batch order of :class:`simclr.data.TensorLoader`
+:class:`StreamLoader` has the interface and the batch order of :class:`simclr.loader.TensorLoader`
 (same permutation of ``(seed, epoch)``, same rank slices, drop-last), but holds only the file
 list: each batch is decoded by :func:`simclr.folder.decode_image` (the in-memory reader's own
 decoder, so both paths give identical uint8 images) in ``workers`` processes, collated to a
@@ -30,21 +30,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from simclr import download
 from simclr.errors import SimCLRError
 from simclr.folder import FOLDER_DEFAULT_SIZE, decode_image, list_folder
+from simclr.loader import check_batch, epoch_permutation, rank_batches
 
 DEFAULT_SAFETY = 4.0  # decoded bytes x this must fit: the reader holds ~3 copies at its peak
-
-
-def epoch_permutation(n: int, seed: int, epoch: int,
-                      device: str | torch.device = "cpu") -> Tensor:
-    """int64 permutation of 0..n-1 on ``device``, a function of (seed, epoch) alone.
-
-    Drawn on ``device`` itself: a CUDA generator gives another permutation than a CPU one for
-    the same seed, so in-memory and streamed data agree when both use the training device.
-    """
-    state = np.random.SeedSequence([seed & (2**63 - 1), epoch]).generate_state(2)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int(state[0]) << 31 ^ int(state[1]))
-    return torch.randperm(n, generator=generator, device=device)
 
 
 def fits_in_memory(n_files: int, image_size: int, channels: int = 3,
@@ -134,12 +122,7 @@ class StreamLoader:
                  workers: int | None = None, pin_memory: bool | None = None,
                  prefetch: int = 4) -> None:
         n = len(files)
-        if batch_size > n:
-            raise SimCLRError(f"train.batch_size {batch_size} is larger than the dataset ({n} "
-                              "images): lower it or use more data")
-        if batch_size % world_size:
-            raise SimCLRError(f"train.batch_size {batch_size} does not divide by the "
-                              f"{world_size} processes: make it a multiple of {world_size}")
+        check_batch(n, batch_size, world_size)
         self.files = [Path(f) for f in files]
         self.labels = (torch.full((n,), -1, dtype=torch.int64) if labels is None
                        else torch.as_tensor(labels, dtype=torch.int64))
@@ -182,11 +165,9 @@ class StreamLoader:
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Tensor]:
         """This rank's batches of ``epoch`` from step ``start`` (uint8 local_batch x C x S x S)."""
-        perm = self.permutation(epoch).cpu().tolist()
-        plan = []
-        for step in range(start, len(self)):
-            lo = step * self.batch_size + self.rank * self.local_batch
-            plan.append(perm[lo:lo + self.local_batch])
+        perm = self.permutation(epoch).cpu()
+        plan = [idx.tolist() for idx in rank_batches(perm, self.batch_size, self.rank,
+                                                     self.world_size, start)]
         return self._run(plan, self.device)
 
     def chunks(self, size: int = 4096) -> Iterator[Tensor]:
@@ -248,4 +229,4 @@ class StreamLoader:
             yield images.to(device, non_blocking=True)
 
 
-__all__ = ["StreamLoader", "epoch_permutation", "fits_in_memory", "list_folder"]
+__all__ = ["StreamLoader", "fits_in_memory", "list_folder"]

@@ -37,10 +37,11 @@ from simclr.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from simclr.data import TensorLoader, load_train
+from simclr.data import load_train
 from simclr.errors import SimCLRError
 from simclr.eval_run import eval_data, knn_monitor
 from simclr.folder import list_folder
+from simclr.loader import TensorLoader
 from simclr.loss import nt_xent
 from simclr.models import build_model, resolve_stem
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr

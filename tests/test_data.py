@@ -18,9 +18,10 @@ import simclr.data as data
 import simclr.download
 import simclr.folder
 from simclr.config import Data
-from simclr.data import DATASETS, TensorLoader, load_split, load_train, resize
+from simclr.data import DATASETS, load_split, load_train, resize
 from simclr.download import RESOURCES, Resource, md5sum
 from simclr.errors import SimCLRError
+from simclr.loader import TensorLoader
 from tests import formats
 
 

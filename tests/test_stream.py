@@ -11,10 +11,11 @@ import torch
 
 import simclr.download
 from simclr.config import Data
-from simclr.data import TensorLoader, load_split, load_train
+from simclr.data import load_split, load_train
 from simclr.errors import SimCLRError
 from simclr.folder import decode_image, list_folder
-from simclr.stream import StreamLoader, epoch_permutation, fits_in_memory
+from simclr.loader import TensorLoader, epoch_permutation
+from simclr.stream import StreamLoader, fits_in_memory
 from tests import formats
 
 SIZE = 16
