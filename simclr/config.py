@@ -7,6 +7,7 @@ section; a mistake is a :class:`SimCLRError` naming the key and the valid choice
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -222,12 +223,25 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
     setattr(section, parts[1], _coerce(value, known[parts[1]], dotted))
 
 
+class YAMLLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no code runs) with YAML 1.2 booleans: only true/false are bools, so
+    ``data.stream: on`` stays the string "on" instead of YAML 1.1's True."""
+
+
+YAMLLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YAMLLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
+
+
 def parse_value(text: str) -> Any:
     """Parse a command-line value as YAML (``1e-3``, ``true``, ``null``, ``0.2,1``)."""
     if "," in text and not text.strip().startswith("["):
         text = f"[{text}]"
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=YAMLLoader)
     except yaml.YAMLError:
         return text
 
@@ -253,7 +267,7 @@ def load_yaml(path: str | Path) -> dict:
     except OSError as e:
         raise SimCLRError(f"cannot read config {path}: {e.strerror}; check the path") from None
     try:
-        return yaml.safe_load(text) or {}
+        return yaml.load(text, Loader=YAMLLoader) or {}
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" (line {line + 1})" if line is not None else ""

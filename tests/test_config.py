@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from simclr.config import Config, build_config, diff, save_yaml
+from simclr.config import Config, build_config, diff, parse_value, save_yaml
 from simclr.errors import SimCLRError
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -82,3 +82,13 @@ def test_diff_lists_changed_keys():
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_presets_load(path):
     build_config(path)
+
+
+def test_on_off_stay_strings_in_files_and_overrides(tmp_path):
+    # YAML 1.1 would read on/off as booleans and reject data.stream=on as "expected str"
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {name: folder, stream: off}\ntrain: {progress: false}\n")
+    cfg = build_config(path)
+    assert cfg.data.stream == "off" and cfg.train.progress is False
+    assert build_config(path, {"data.stream": parse_value("on")}).data.stream == "on"
+    assert parse_value("true") is True and parse_value("no") == "no"
