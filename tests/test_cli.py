@@ -61,6 +61,7 @@ def test_pretrain_preset_on_real_fashion_mnist(tmp_path):
     (["--train.batch_size=two"], "train.batch_size: expected int"),
     (["--data.name=mnist", "--data.download=false"], "put"),  # missing data offline
     (["--data.name=mnist", "--train.batch_size=100000"], "larger than the dataset"),
+    (["--data.name=mnist", "--data.stream=on"], "data.stream=on streams image folders only"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, fragment):
     root = tmp_path / "data"

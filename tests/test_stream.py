@@ -194,3 +194,25 @@ def test_no_warning_for_a_clean_folder(tmp_path):
         warnings.simplefilter("error")
         files, labels, classes = list_folder(tmp_path)
     assert len(files) == 3 and labels == [0, 0, 0] and classes == ["a"]
+
+
+def test_cli_corrupt_file_while_streaming_is_one_line(tmp_path):
+    from PIL import Image
+
+    from tests.helpers import run_cli
+
+    root = tmp_path / "data"
+    formats.write_image_folder(root, 0, 40, 24)
+    good = root / "x.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)).save(good)
+    data = good.read_bytes()
+    (root / "y.jpg").write_bytes(data[:len(data) // 2])  # truncated: the header still reads
+    out = tmp_path / "run"
+    proc = run_cli("pretrain", "--run-dir", out, "--data.name=folder", f"--data.root={root}",
+                   "--data.stream=on", f"--data.image_size={SIZE}", "--train.batch_size=8",
+                   "--model.width=0.0625", "--model.proj_dim=16", "--train.progress=false")
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("simclr: error: cannot decode "), proc.stderr
+    assert "y.jpg while streaming" in lines[0] and "Traceback" not in proc.stderr
+    assert not out.exists()  # found while measuring channel stats, before the run dir exists
