@@ -1,5 +1,5 @@
 """Evaluate a run's encoder: ``load_encoder`` and ``evaluate`` (features, protocols, baselines,
-``eval.json``). The protocol math lives in :mod:`simclr.protocols`."""
+``eval.json``). The protocol math lives in :mod:`simclr.protocols` and :mod:`simclr.clustering`."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from torch import Tensor, nn
 
 from simclr import config as C
 from simclr.checkpoint import ENCODER, atomic_write, load_model_state, read_encoder
+from simclr.clustering import clustering_metrics
 from simclr.data import load_split
 from simclr.errors import SimCLRError
 from simclr.models import ResNet
 from simclr.protocols import (
-    clustering_metrics,
     extract_features,
     knn_accuracy,
     linear_probe,

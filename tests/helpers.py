@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).parent.parent
 
 
@@ -13,3 +15,12 @@ def run_cli(*args, env: dict | None = None, timeout: int = 600) -> subprocess.Co
     env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "simclr", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def blobs(n: int, classes: int, dim: int, spread: float, seed: int):
+    """Gaussian clusters: class means ``spread`` apart on average, unit noise."""
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(classes, dim, generator=g) * spread
+    labels = torch.arange(n) % classes
+    labels = labels[torch.randperm(n, generator=g)]
+    return means[labels] + torch.randn(n, dim, generator=g), labels
