@@ -1,4 +1,5 @@
-"""Atomic checkpoints (loaded with ``weights_only=True``) and the safetensors encoder export."""
+"""Run-directory state: atomic checkpoints (loaded with ``weights_only=True``), the safetensors
+encoder export and the metrics log (trimmed to the checkpoint on resume)."""
 
 from __future__ import annotations
 
@@ -122,6 +123,27 @@ def read_encoder(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise SimCLRError(f"{path} has no simclr metadata; pass the --model.* settings it was "
                           "trained with")
     return tensors, meta
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    """Append one JSON line to the run's metrics log."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop metrics-log lines written after ``step``, the checkpoint a run resumes from (they
+    will be written again), and lines cut by a crash."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    path.write_text("".join(k + "\n" for k in keep))
 
 
 def rng_state() -> dict[str, Any]:

@@ -8,7 +8,6 @@ checkpoint therefore replays exactly the batches and views an uninterrupted run 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from simclr.augment import two_views
 from simclr.checkpoint import (
     CHECKPOINT,
     ENCODER,
+    append_metrics,
     export_encoder,
     load_checkpoint,
     load_model_state,
@@ -36,6 +36,7 @@ from simclr.checkpoint import (
     run_lock,
     save_checkpoint,
     set_rng_state,
+    trim_metrics,
 )
 from simclr.data import load_train
 from simclr.errors import SimCLRError
@@ -109,25 +110,6 @@ def _check_resume(saved: dict, cfg: C.Config, force: bool, run_dir: Path) -> Non
         raise SimCLRError(
             f"{run_dir} was started with other settings ({', '.join(changed)} differ); "
             "use a new --run-dir, or --force to resume with the new values")
-
-
-def _append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop lines written after the checkpoint we resume from (they will be rewritten)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash
-    path.write_text("".join(k + "\n" for k in keep))
 
 
 def monitor_every(cfg: C.Config) -> int:
@@ -277,7 +259,7 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
         step, elapsed = state["step"], state["elapsed"]
         history, epoch_sum = list(state["loss_history"]), state["epoch_loss_sum"]
         if main:
-            _trim_metrics(run_dir / METRICS, step)
+            trim_metrics(run_dir / METRICS, step)
     if main:
         C.save_yaml(cfg, run_dir / "config.yaml")
     train_model = model
@@ -295,7 +277,7 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
     tb = tboard.TensorBoard(run_dir) if cfg.train.tensorboard and main else None
 
     def record(rec: dict) -> None:
-        _append_metrics(run_dir / METRICS, rec)
+        append_metrics(run_dir / METRICS, rec)
         if tb is not None:
             tb.record(rec)
 
