@@ -172,7 +172,7 @@ def _hmc(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     v, low = x.amax(1, keepdim=True), x.amin(1, keepdim=True)
     c = v - low
     r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    safe = c.clamp_min(1e-30)  # c = 0 -> all differences are 0 -> hue 0
+    safe = torch.where(c > 0, c, 1.0)  # c = 0 -> all differences are 0 -> hue 0
     h6 = torch.where(r == v, (g - b) / safe,
                      torch.where(g == v, (b - r) / safe + 2, (r - g) / safe + 4))
     return h6, low, c
@@ -190,7 +190,7 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     """B x 3 x H x W RGB in [0, 1] -> HSV, all channels in [0, 1] (hue in turns)."""
     h6, low, c = _hmc(x)
     v = low + c
-    s = c / v.clamp_min(1e-30)
+    s = c / torch.where(v > 0, v, 1.0)  # exact down to the smallest floats; black -> 0
     return torch.cat([torch.remainder(h6 / 6, 1.0), s, v], 1)
 
 
