@@ -46,10 +46,37 @@ class Bottleneck(nn.Module):
         return torch.relu(out + self.shortcut(x))
 
 
+class StridedPointwiseConv(nn.Conv2d):
+    """A 1x1 convolution with stride s, computed as a strided slice followed by a stride-1 1x1
+    convolution: the same output and gradients (a 1x1 kernel with stride s reads exactly the
+    pixels ``x[..., ::s, ::s]``) and the same parameters as ``nn.Conv2d(c_in, c_out, 1, s)``.
+
+    Why: oneDNN's stride-2 1x1 backward-weights kernel on AVX2-only CPUs
+    (``jit_avx2_1x1_convolution_bwd_weights``, torch 2.13) corrupts the heap for channels_last
+    inputs with few channels (2-5): with one thread the process aborts or segfaults, with two it
+    spins forever. The stride-1 kernel is sound, so the model never asks for the strided one.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__(c_in, c_out, 1, 1, bias=False)
+        self.step = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
+            else torch.contiguous_format
+        x = x[:, :, ::self.step, ::self.step]  # B x C x ceil(H/s) x ceil(W/s)
+        return super().forward(x.contiguous(memory_format=fmt))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", stride={self.step} (sliced)"
+
+
 def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
     if stride == 1 and c_in == c_out:
         return nn.Identity()
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+    conv = StridedPointwiseConv(c_in, c_out, stride) if stride > 1 else \
+        nn.Conv2d(c_in, c_out, 1, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(c_out))
 
 
 # name -> (block, blocks per stage)

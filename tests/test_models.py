@@ -1,10 +1,19 @@
 """Encoder and head shapes for each backbone and image size; stems; width multiplier."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from simclr.config import Model
-from simclr.models import ARCHS, ProjectionHead, ResNet, build_model, resolve_stem
+from simclr.models import (ARCHS, ProjectionHead, ResNet, StridedPointwiseConv, build_model,
+                           resolve_stem)
+
+ROOT = Path(__file__).resolve().parents[1]
+MALLOC_DEBUG = "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -56,3 +65,71 @@ def test_channels_last_matches_contiguous():
     h2, _ = model.to(memory_format=torch.channels_last)(x.contiguous(
         memory_format=torch.channels_last))
     torch.testing.assert_close(h1, h2, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("size", [7, 28, 33])
+def test_strided_pointwise_conv_equals_strided_conv(channels_last, size):
+    """The sliced stride-2 1x1 conv gives nn.Conv2d(stride=2)'s output and every gradient."""
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(4, 8, 1, 2, bias=False).double()
+    ours = StridedPointwiseConv(4, 8, 2).double()
+    ours.load_state_dict(ref.state_dict())  # same parameter names and shapes
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 4, size, size, dtype=torch.float64).contiguous(memory_format=fmt)
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_ours = ref(x_ref), ours.to(memory_format=fmt)(x_ours)
+    assert y_ours.shape == y_ref.shape
+    assert y_ours.is_contiguous(memory_format=fmt)
+    g = torch.randn_like(y_ref)
+    (y_ref * g).sum().backward()
+    (y_ours * g).sum().backward()
+    torch.testing.assert_close(y_ours, y_ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=0, atol=1e-12)
+
+
+def test_downsampling_shortcuts_never_use_a_strided_pointwise_conv():
+    for arch in ARCHS:
+        enc = ResNet(arch, width=0.0625)
+        convs = [m for m in enc.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert all(m.stride == (1, 1) for m in convs if m.kernel_size == (1, 1))
+        assert any(isinstance(m, StridedPointwiseConv) and m.step == 2 for m in convs)
+
+
+# Run in a fresh process, once with one thread and once with two: on AVX2-only CPUs oneDNN's
+# strided 1x1 backward kernel corrupts the heap at 2-5 channels (one thread: abort/segfault;
+# two: a spin that never ends), so a regression fails here in seconds instead of hanging CI.
+_KERNEL_SCRIPT = """
+import torch
+from simclr.models import ResNet, _shortcut
+torch.manual_seed(0)
+cl = torch.channels_last
+for c in (2, 3, 4, 5):  # the shortcut alone, 4 channels as in width 0.0625's stage 1
+    sc = _shortcut(c, 2 * c, 2).to(memory_format=cl)
+    x = torch.rand(16, c, 28, 28).contiguous(memory_format=cl).requires_grad_()
+    for _ in range(2):
+        sc(x).sum().backward()
+for arch in ("resnet18", "resnet50"):
+    for width in (0.03125, 0.0625):
+        for size, stem in ((28, "cifar"), (32, "cifar"), (64, "imagenet")):
+            enc = ResNet(arch, width, stem, in_channels=3).to(memory_format=cl)
+            x = torch.rand(8, 3, size, size).contiguous(memory_format=cl).requires_grad_()
+            for _ in range(2):
+                enc(x).sum().backward()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tiny_models_train_in_channels_last_without_crashing_or_hanging(threads):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    if os.path.exists(MALLOC_DEBUG):  # glibc's checking allocator: corruption aborts at once
+        env.update(LD_PRELOAD=MALLOC_DEBUG, GLIBC_TUNABLES="glibc.malloc.check=3")
+    try:
+        out = subprocess.run([sys.executable, "-c", _KERNEL_SCRIPT], env=env, timeout=120,
+                             capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"fwd+bwd of tiny channels_last models hung with {threads} thread(s)")
+    assert out.returncode == 0 and out.stdout.strip() == "ok", \
+        f"rc={out.returncode}\n{out.stderr[-2000:]}"
