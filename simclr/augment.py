@@ -24,7 +24,9 @@ from PIL import Image
 
 from simclr.config import Augment
 
-LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 luma weights
+# ITU-R 601 luma weights; tf.image.rgb_to_grayscale (the reference) uses 0.2989 for red, which
+# differs by at most 0.0001 (0.03 of one 8-bit level).
+LUMA = (0.299, 0.587, 0.114)
 CROP_ATTEMPTS = 10  # rejection-sampling tries of the resized crop, all drawn at once
 _PAD = 2  # white border (px) between preview cells, before upscaling
 
@@ -117,11 +119,60 @@ def _box_grid(boxes: torch.Tensor, hw: tuple[int, int], out_hw: tuple[int, int],
     return torch.stack([gx[:, None, :].expand(B, oh, ow), gy[:, :, None].expand(B, oh, ow)], -1)
 
 
+KEYS_A = -0.5  # Keys' cubic convolution parameter of tf.image.resize(BICUBIC); PyTorch: -0.75
+
+
+def _keys_cubic(d: torch.Tensor, a: float = KEYS_A) -> torch.Tensor:
+    """Keys (1981) cubic convolution kernel at distances ``d`` (any shape)."""
+    d = d.abs()
+    near = ((a + 2) * d - (a + 3)) * d * d + 1  # |d| <= 1
+    far = ((d - 5) * d + 8) * d * a - 4 * a  # 1 < |d| < 2
+    return torch.where(d <= 1, near, torch.where(d < 2, far, torch.zeros_like(d)))
+
+
+def _cubic_matrix(start: torch.Tensor, length: torch.Tensor, side: int, out: int,
+                  flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample 1-D bicubic resampling matrices B x out x side for boxes [start, start+len).
+
+    tf ``resize_bicubic`` semantics (half-pixel centres, Keys a = -0.5) on the cropped image:
+    output pixel j samples ``start + (j + 0.5) * len / out - 0.5``; taps outside the box's
+    pixels get weight 0 and the rest are renormalized to sum to 1, as tf does at the borders
+    of the crop it resizes. tf reads the weights from a 1024-entry table; these are exact.
+    """
+    dev = start.device
+    j = torch.arange(out, device=dev, dtype=torch.float32)
+    src = start[:, None] + (j + 0.5) * (length / out)[:, None] - 0.5  # B x out
+    lo = torch.ceil(start - 0.5).clamp(0, side - 1)  # first / last pixel centre in the box
+    hi = torch.maximum(torch.floor(start + length - 0.5).clamp(0, side - 1), lo)
+    base = torch.floor(src)
+    taps = base[..., None] + torch.arange(-1, 3, device=dev)  # B x out x 4
+    weight = _keys_cubic(src[..., None] - taps)
+    weight = weight * ((taps >= lo[:, None, None]) & (taps <= hi[:, None, None]))
+    weight = weight / weight.sum(-1, keepdim=True)
+    if flip is not None:  # mirror the output: column j takes column out - 1 - j's taps
+        taps = torch.where(flip[:, None, None], taps.flip(1), taps)
+        weight = torch.where(flip[:, None, None], weight.flip(1), weight)
+    m = torch.zeros(start.shape[0], out, side, device=dev)
+    return m.scatter_add_(2, taps.clamp(0, side - 1).long(), weight)
+
+
+def _bicubic_boxes(x: torch.Tensor, boxes: torch.Tensor, out: tuple[int, int],
+                   flip: torch.Tensor) -> torch.Tensor:
+    """Each sample's box resized to ``out`` bicubically (separable: two batched matmuls),
+    clamped to [0, 1] (cubic overshoots)."""
+    _, _, H, W = x.shape
+    x0, y0, w, h = boxes.unbind(1)
+    rows = _cubic_matrix(y0, h, H, out[0])  # B x oh x H
+    cols = _cubic_matrix(x0, w, W, out[1], flip)  # B x ow x W
+    y = torch.matmul(rows[:, None], x)  # B x C x oh x W
+    return torch.matmul(y, cols[:, None].transpose(-1, -2)).clamp_(0, 1)  # B x C x oh x ow
+
+
 @_fp32
 def random_resized_crop(x: torch.Tensor, size: int | tuple[int, int], scale: Sequence[float],
                         ratio: Sequence[float], generator: torch.Generator,
-                        flip_p: float = 0.0) -> torch.Tensor:
-    """Random resized crop (+ optional fused horizontal flip), one batched grid_sample.
+                        flip_p: float = 0.0, interpolation: str = "bilinear") -> torch.Tensor:
+    """Random resized crop (+ optional fused horizontal flip), one batched resampling.
 
     Args:
         x: B x C x H x W in [0, 1].
@@ -130,16 +181,21 @@ def random_resized_crop(x: torch.Tensor, size: int | tuple[int, int], scale: Seq
         ratio: (lo, hi) range of the crop's aspect (width / height).
         flip_p: per-sample probability of mirroring the crop (free: folded into the sampling
             grid; equals ``random_flip`` after the crop up to float rounding).
+        interpolation: "bilinear" (one grid_sample, align_corners=False, border clamp at the
+            box edges; keeps values in [0, 1]) or "bicubic" (the tf reference's
+            ``crop_and_resize``: Keys a = -0.5 on the crop, see ``_cubic_matrix``).
 
     Returns:
-        B x C x size_h x size_w, bilinear (align_corners=False, border clamp at the box edges).
-        The reference resizes bicubically; bilinear keeps values in [0, 1] and is cheaper.
+        B x C x size_h x size_w.
     """
     B, C, H, W = x.shape
     out = _pair(size)
     u = _rand(x, generator, B, 2 * CROP_ATTEMPTS + 3)
     boxes = _crop_boxes(u[:, :-1], (H, W), out, scale, ratio)
-    grid = _box_grid(boxes, (H, W), out, u[:, -1] < flip_p)
+    flip = u[:, -1] < flip_p
+    if interpolation == "bicubic":
+        return _bicubic_boxes(x, boxes, out, flip)
+    grid = _box_grid(boxes, (H, W), out, flip)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
@@ -391,7 +447,8 @@ def simclr_augment(x: torch.Tensor, cfg: Augment, mean: Stats, std: Stats,
         B x C x out_h x out_w float32, normalized.
     """
     out = _pair(size) if size is not None else (x.shape[2], x.shape[3])
-    x = random_resized_crop(x, out, cfg.crop_scale, cfg.crop_ratio, generator, cfg.flip_p)
+    x = random_resized_crop(x, out, cfg.crop_scale, cfg.crop_ratio, generator, cfg.flip_p,
+                            cfg.crop_interpolation)
     x = color_jitter(x, cfg.jitter_strength, cfg.jitter_p, generator)
     x = random_grayscale(x, cfg.gray_p, generator)
     x = gaussian_blur(x, blur_probability(cfg, out[0]), cfg.blur_sigma, generator)

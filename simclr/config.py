@@ -40,6 +40,7 @@ class Augment:
     gray_p: float = 0.2
     blur_p: float | None = None  # None: 0.5 above 32 px, off at <= 32 px (the reference)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    crop_interpolation: str = "bilinear"  # bilinear | bicubic (the reference: Keys a=-0.5)
     mean: tuple[float, ...] | None = None  # per-channel; None -> measured on the training data
     std: tuple[float, ...] | None = None
 
@@ -53,19 +54,24 @@ class Model:
     proj_hidden: int = 0  # hidden width; 0 = the encoder's feature dim
     proj_dim: int = 128
     proj_bn: bool = False  # BatchNorm after each hidden linear layer of the head
+    proj_bn_last: bool = False  # BatchNorm (scale only) on the output layer too, no bias there
+    shortcut: str = "identity"  # first block of a stage with matching shapes: identity | projection
+    zero_init_residual: bool = False  # last BN gamma of every block starts at 0 (the reference)
+    init: str = "torchvision"  # torchvision | reference (tf VarianceScaling convs, N(0, .01) head)
     sync_bn: bool = True  # global BatchNorm over all processes when distributed
 
 
 @dataclass
 class Loss:
     temperature: float = 0.5
+    scale: float = 1.0  # the optimizer minimizes scale x the logged per-view mean (2 = the tf ref)
 
 
 @dataclass
 class Optim:
     name: str = "lars"  # lars | sgd | adam | adamw
     lr: float = 1.0  # base lr, scaled by lr_scaling with the global batch
-    lr_scaling: str = "linear"  # linear (lr x B/256) | sqrt (lr x sqrt(B/256)) | none
+    lr_scaling: str = "linear"  # linear (lr x B/256) | sqrt (lr x sqrt(B), the ref) | none
     weight_decay: float = 1e-4
     momentum: float = 0.9
     nesterov: bool = False
@@ -79,6 +85,7 @@ class Train:
     batch_size: int = 512  # global batch (images; each gives two views)
     epochs: int = 100
     max_steps: int = 0  # stop after this global step (schedule unchanged); 0 = no limit
+    step_rule: str = "epochs"  # epochs (E x N//B steps) | reference (N x E // B + 1, the tf ref)
     seed: int = 0
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
@@ -106,6 +113,9 @@ class Eval:
 class Probe:
     val_fraction: float = 0.1  # stratified part of the train split that chooses weight decay
     split: float = 0.0  # > 0: train on this fraction of the train split, test on the rest
+    sgd_epochs: int = 100  # linear_sgd protocol (the tf reference's linear eval) ...
+    sgd_batch_size: int = 512
+    sgd_lr: float = 0.1  # x B/256; SGD Nesterov momentum 0.9, cosine, no weight decay
 
 
 @dataclass
@@ -318,19 +328,25 @@ def _choice(key: str, value: str, choices: list[str]) -> None:
 def validate(cfg: Config) -> None:
     """Refuse settings that cannot work, each with the fix."""
     from simclr.data import DATASETS
-    from simclr.models import ARCHS
-    from simclr.optim import OPTIMIZERS
+    from simclr.models import ARCHS, INITS, SHORTCUTS
+    from simclr.optim import OPTIMIZERS, STEP_RULES
 
     _choice("data.name", cfg.data.name, sorted(DATASETS))
     _choice("model.arch", cfg.model.arch, sorted(ARCHS))
     _choice("optim.name", cfg.optim.name, sorted(OPTIMIZERS))
     _choice("optim.lr_scaling", cfg.optim.lr_scaling, ["linear", "sqrt", "none"])
     _choice("model.stem", cfg.model.stem, ["auto", "cifar", "imagenet"])
+    _choice("model.shortcut", cfg.model.shortcut, list(SHORTCUTS))
+    _choice("model.init", cfg.model.init, list(INITS))
+    _choice("augment.crop_interpolation", cfg.augment.crop_interpolation,
+            ["bilinear", "bicubic"])
+    _choice("train.step_rule", cfg.train.step_rule, list(STEP_RULES))
     _choice("train.precision", cfg.train.precision, ["auto", "bf16", "fp16", "fp32"])
     _choice("data.stream", cfg.data.stream, ["auto", "on", "off"])
     checks = [
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.loss.temperature > 0, "loss.temperature must be > 0"),
+        (cfg.loss.scale > 0, "loss.scale must be > 0 (1 = per-view mean, 2 = the tf reference)"),
         (cfg.train.batch_size >= 2, "train.batch_size must be >= 2 (NT-Xent needs negatives)"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.max_steps >= 0, "train.max_steps must be >= 0 (0 = no limit)"),
@@ -357,6 +373,9 @@ def validate(cfg: Config) -> None:
         (cfg.eval.kmeans_init >= 1, "eval.kmeans_init must be >= 1"),
         (0 < cfg.probe.val_fraction < 1, "probe.val_fraction must be in (0, 1)"),
         (0 <= cfg.probe.split < 1, "probe.split must be in [0, 1) (0 = use the test split)"),
+        (cfg.probe.sgd_epochs >= 1, "probe.sgd_epochs must be >= 1"),
+        (cfg.probe.sgd_batch_size >= 1, "probe.sgd_batch_size must be >= 1"),
+        (cfg.probe.sgd_lr > 0, "probe.sgd_lr must be > 0"),
         (0 < cfg.finetune.labels <= 1, "finetune.labels must be in (0, 1]"),
         (cfg.finetune.lr > 0, "finetune.lr must be > 0"),
         (cfg.finetune.epochs >= 1, "finetune.epochs must be >= 1"),

@@ -18,17 +18,18 @@ from simclr.checkpoint import ENCODER, atomic_write, load_model_state, read_enco
 from simclr.clustering import clustering_metrics
 from simclr.data import load_split
 from simclr.errors import SimCLRError
-from simclr.models import ResNet
+from simclr.models import ResNet, encoder_from_meta
 from simclr.protocols import (
     extract_features,
     knn_accuracy,
     linear_probe,
+    linear_sgd,
     pixel_features,
     stratified_split,
 )
 
 EVAL_JSON = "eval.json"
-PROTOCOLS = ("linear", "knn", "kmeans", "finetune")
+PROTOCOLS = ("linear", "linear_sgd", "knn", "kmeans", "finetune")
 
 
 class NormalizedEncoder(nn.Module):
@@ -66,7 +67,7 @@ def load_encoder(run_dir_or_file: str | Path) -> NormalizedEncoder:
     in eval mode."""
     path = encoder_path(run_dir_or_file)
     tensors, meta = read_encoder(path)
-    encoder = ResNet(meta["arch"], meta["width"], meta["stem"], meta["in_channels"])
+    encoder = encoder_from_meta(meta)
     load_model_state(encoder, tensors, path)
     return NormalizedEncoder(encoder, meta["mean"], meta["std"], meta).eval()
 
@@ -76,7 +77,7 @@ def random_encoder_like(enc: NormalizedEncoder, seed: int) -> NormalizedEncoder:
     baseline."""
     torch.manual_seed(seed)
     m = enc.meta
-    encoder = ResNet(m["arch"], m["width"], m["stem"], m["in_channels"])
+    encoder = encoder_from_meta(m)
     return NormalizedEncoder(encoder, m["mean"], m["std"], {**m, "epoch": 0}).eval()
 
 
@@ -170,6 +171,18 @@ def run_protocols(feats: dict[str, Tensor], data: dict, protocols: list[str],
                                   "standardized frozen features", "weight_decay": r["weight_decay"],
                                   "chosen_on": f"stratified {cfg.probe.val_fraction:g} of train",
                                   "val_top1": r["val_top1"], "grid": r["grid"]}})
+    if "linear_sgd" in protocols:
+        t, p = time.perf_counter(), cfg.probe
+        r = linear_sgd(xtr, ytr, xte, yte, p.sgd_epochs, p.sgd_batch_size, p.sgd_lr,
+                       seed=cfg.train.seed)
+        rows.append({"protocol": "linear_sgd", "split": "test", "top1": r["top1"],
+                     "top5": r["top5"], **sizes, "seconds": time.perf_counter() - t,
+                     "settings": {"classifier": "linear layer, zero init, on frozen features "
+                                  "(the tf reference's linear eval)", "optimizer": "SGD, "
+                                  "Nesterov momentum 0.9, cosine, no warmup, no weight decay",
+                                  "epochs": p.sgd_epochs, "batch_size": p.sgd_batch_size,
+                                  "lr": p.sgd_lr, "peak_lr": r["peak_lr"], "steps": r["steps"],
+                                  "augmentation": "none (features extracted once)"}})
     if "knn" in protocols:
         t = time.perf_counter()
         top1 = knn_accuracy(xtr, ytr, xte, yte, k=cfg.eval.knn_k,
@@ -195,7 +208,7 @@ def evaluate(run_dir: str | Path | None = None, protocols: list[str] | tuple = (
 
     Args:
         run_dir: a pretraining run dir (its config.yaml gives the dataset and model).
-        protocols: any of linear, knn, kmeans, finetune.
+        protocols: any of linear, linear_sgd, knn, kmeans, finetune.
         overrides: ``section.key=value`` strings (eval.*, probe.*, finetune.*, data.root, ...).
         encoder_file: evaluate this encoder.safetensors instead of the run's.
     """
@@ -260,6 +273,7 @@ def evaluate(run_dir: str | Path | None = None, protocols: list[str] | tuple = (
 def format_table(report: dict[str, Any]) -> str:
     """One row per model, one column per metric."""
     cols = [("linear", "top1", "linear top1"), ("linear", "top5", "linear top5"),
+            ("linear_sgd", "top1", "linear_sgd top1"),
             ("knn", "top1", "kNN top1"), ("kmeans", "nmi", "k-means NMI"),
             ("kmeans", "ari", "ARI"), ("kmeans", "accuracy", "cluster acc"),
             ("finetune", "top1", "finetune top1")]

@@ -3,6 +3,8 @@ projection head, and ``SimCLR(f, g)`` that returns features h and projections z.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -10,14 +12,18 @@ from torch import Tensor, nn
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, c_in: int, c_mid: int, stride: int):
+    def __init__(self, c_in: int, c_mid: int, stride: int, projection: bool = False):
         super().__init__()
         c_out = c_mid * self.expansion
         self.conv1 = nn.Conv2d(c_in, c_mid, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_mid)
         self.conv2 = nn.Conv2d(c_mid, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = _shortcut(c_in, c_out, stride)
+        self.shortcut = _shortcut(c_in, c_out, stride, projection)
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn2
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -28,7 +34,7 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, c_in: int, c_mid: int, stride: int):
+    def __init__(self, c_in: int, c_mid: int, stride: int, projection: bool = False):
         super().__init__()
         c_out = c_mid * self.expansion
         self.conv1 = nn.Conv2d(c_in, c_mid, 1, bias=False)
@@ -37,7 +43,11 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_mid)
         self.conv3 = nn.Conv2d(c_mid, c_out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(c_out)
-        self.shortcut = _shortcut(c_in, c_out, stride)
+        self.shortcut = _shortcut(c_in, c_out, stride, projection)
+
+    @property
+    def last_bn(self) -> nn.BatchNorm2d:
+        return self.bn3
 
     def forward(self, x: Tensor) -> Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -71,8 +81,9 @@ class StridedPointwiseConv(nn.Conv2d):
         return super().extra_repr() + f", stride={self.step} (sliced)"
 
 
-def _shortcut(c_in: int, c_out: int, stride: int) -> nn.Module:
-    if stride == 1 and c_in == c_out:
+def _shortcut(c_in: int, c_out: int, stride: int, projection: bool = False) -> nn.Module:
+    """Identity when the shapes match (unless ``projection``), else 1x1 conv + BatchNorm."""
+    if stride == 1 and c_in == c_out and not projection:
         return nn.Identity()
     conv = StridedPointwiseConv(c_in, c_out, stride) if stride > 1 else \
         nn.Conv2d(c_in, c_out, 1, bias=False)
@@ -87,6 +98,10 @@ ARCHS: dict[str, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
 }
 
 
+SHORTCUTS = ("identity", "projection")  # a stage's first block when shapes already match
+INITS = ("torchvision", "reference")
+
+
 class ResNet(nn.Module):
     """ResNet encoder f: images B x C x H x W -> features h B x feature_dim.
 
@@ -96,10 +111,18 @@ class ResNet(nn.Module):
         stem: "cifar" (3x3 stride-1 conv, no max-pool; for <= 64 px images) or "imagenet"
             (7x7 stride-2 conv + 3x3 stride-2 max-pool).
         in_channels: image channels (1 for Fashion-MNIST, 3 for colour).
+        shortcut: the first block of a stage whose input already has the block's shape:
+            "identity" (torchvision) or "projection" (1x1 conv + BN, as every stage of the tf
+            reference's ``BlockGroup``; differs for ResNet-18/34's first stage only).
+        zero_init_residual: start the last BatchNorm gamma of every block at 0, so each block
+            begins as its shortcut (the tf reference's ``init_zero=True``).
+        init: "torchvision" (convs ~ N(0, 2 / fan_out)) or "reference" (tf
+            ``VarianceScaling()``: truncated normal, scale 1, fan_in).
     """
 
     def __init__(self, arch: str = "resnet18", width: float = 1.0, stem: str = "cifar",
-                 in_channels: int = 3):
+                 in_channels: int = 3, shortcut: str = "identity",
+                 zero_init_residual: bool = False, init: str = "torchvision"):
         super().__init__()
         block, depths = ARCHS[arch]
         widths = [max(1, round(c * width)) for c in (64, 128, 256, 512)]
@@ -115,29 +138,64 @@ class ResNet(nn.Module):
         for i, (c_mid, depth) in enumerate(zip(widths, depths, strict=True)):
             blocks = []
             for j in range(depth):
-                blocks.append(block(c_in, c_mid, stride=2 if (i > 0 and j == 0) else 1))
+                blocks.append(block(c_in, c_mid, stride=2 if (i > 0 and j == 0) else 1,
+                                    projection=j == 0 and shortcut == "projection"))
                 c_in = c_mid * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.feature_dim = c_in
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if init == "reference":
+                    variance_scaling_(m.weight)
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_(m.last_bn.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))  # B x D x h x w
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # B x D
 
 
+# tf's truncated_normal keeps draws within 2 std; this is the std of N(0, 1) cut there.
+_TRUNC_STD = 0.87962566103423978
+
+
+def variance_scaling_(w: Tensor, scale: float = 1.0) -> Tensor:
+    """tf ``VarianceScaling(scale, "fan_in", "truncated_normal")`` in place: a normal with std
+    ``sqrt(scale / fan_in) / 0.8796``, truncated at two of those stds (so the result's std is
+    ``sqrt(scale / fan_in)``); fan_in = in_channels x kernel area."""
+    fan_in = w[0].numel()
+    std = math.sqrt(scale / fan_in) / _TRUNC_STD
+    return nn.init.trunc_normal_(w, 0.0, std, -2 * std, 2 * std)
+
+
+class ScaleOnlyBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d with a learned scale and no shift (tf ``BatchNormalization(center=False)``),
+    the reference head's output layer."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.register_parameter("bias", None)
+
+
 class ProjectionHead(nn.Module):
-    """MLP g: h B x D -> z B x out_dim; ``layers`` linear layers, ReLU between them,
-    optional BatchNorm1d after each hidden linear layer."""
+    """MLP g: h B x D -> z B x out_dim; ``layers`` linear layers, ReLU between them.
+
+    ``bn``: BatchNorm1d after each hidden linear layer (which then has no bias); ``bn_last``:
+    also after the output layer, scale only, and the output layer has no bias (the tf
+    reference's head with 3 layers). ``init="reference"`` draws the linear weights from
+    N(0, 0.01^2) as the reference's ``LinearLayer``; else PyTorch's default.
+    """
 
     def __init__(self, in_dim: int, hidden: int = 0, out_dim: int = 128, layers: int = 2,
-                 bn: bool = False):
+                 bn: bool = False, bn_last: bool = False, init: str = "torchvision"):
         super().__init__()
         hidden = hidden or in_dim
         mods: list[nn.Module] = []
@@ -147,8 +205,15 @@ class ProjectionHead(nn.Module):
             mods += [nn.BatchNorm1d(hidden)] if bn else []
             mods += [nn.ReLU(inplace=True)]
             dim = hidden
-        mods.append(nn.Linear(dim, out_dim))
+        mods.append(nn.Linear(dim, out_dim, bias=not bn_last))
+        mods += [ScaleOnlyBatchNorm1d(out_dim)] if bn_last else []
         self.net = nn.Sequential(*mods)
+        if init == "reference":
+            for m in self.net:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, 0.0, 0.01)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     def forward(self, h: Tensor) -> Tensor:
         return self.net(h)
@@ -174,15 +239,26 @@ def resolve_stem(stem: str, image_size: int) -> str:
     return "cifar" if image_size <= 64 else "imagenet"
 
 
-def build_encoder(arch: str, width: float, stem: str, in_channels: int,
-                  image_size: int) -> ResNet:
-    return ResNet(arch, width, resolve_stem(stem, image_size), in_channels)
+def build_encoder(arch: str, width: float, stem: str, in_channels: int, image_size: int,
+                  shortcut: str = "identity", zero_init_residual: bool = False,
+                  init: str = "torchvision") -> ResNet:
+    return ResNet(arch, width, resolve_stem(stem, image_size), in_channels, shortcut,
+                  zero_init_residual, init)
+
+
+def encoder_from_meta(meta: dict) -> ResNet:
+    """A freshly initialized encoder of the architecture an exported encoder's metadata names
+    (files written before ``shortcut`` existed have identity shortcuts)."""
+    return ResNet(meta["arch"], meta["width"], meta["stem"], meta["in_channels"],
+                  meta.get("shortcut", "identity"), meta.get("zero_init_residual", False),
+                  meta.get("init", "torchvision"))
 
 
 def build_model(model_cfg, in_channels: int, image_size: int) -> SimCLR:
     """SimCLR model from a ``config.Model`` section and the data's channels / side."""
-    encoder = build_encoder(model_cfg.arch, model_cfg.width, model_cfg.stem, in_channels,
-                            image_size)
-    head = ProjectionHead(encoder.feature_dim, model_cfg.proj_hidden, model_cfg.proj_dim,
-                          model_cfg.proj_layers, model_cfg.proj_bn)
+    m = model_cfg
+    encoder = build_encoder(m.arch, m.width, m.stem, in_channels, image_size, m.shortcut,
+                            m.zero_init_residual, m.init)
+    head = ProjectionHead(encoder.feature_dim, m.proj_hidden, m.proj_dim, m.proj_layers,
+                          m.proj_bn, m.proj_bn_last, m.init)
     return SimCLR(encoder, head)

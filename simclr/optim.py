@@ -9,12 +9,33 @@ from torch import nn
 
 
 def scaled_lr(base_lr: float, batch_size: int, scaling: str) -> float:
-    """The peak lr: ``base_lr x B/256`` (linear), ``x sqrt(B/256)`` (sqrt) or unchanged."""
+    """The peak lr for a global batch B: ``base_lr x B/256`` (linear), ``base_lr x sqrt(B)``
+    (sqrt, the tf reference's rule: the paper's 0.075 x sqrt(4096) = 4.8) or ``base_lr``."""
     if scaling == "linear":
         return base_lr * batch_size / 256
     if scaling == "sqrt":
-        return base_lr * math.sqrt(batch_size / 256)
+        return base_lr * math.sqrt(batch_size)
     return base_lr
+
+
+# How a run's length and warmup are counted from (N images, global batch B, epochs E, warmup W).
+STEP_RULES = ("epochs", "reference")
+
+
+def step_counts(n: int, batch_size: int, epochs: int, warmup_epochs: float,
+                rule: str = "epochs") -> tuple[int, int]:
+    """``(total_steps, warmup_steps)`` of a run.
+
+    epochs: E whole epochs of N // B batches (the last partial batch dropped) and
+        ``round(W x (N // B))`` warmup steps.
+    reference: google-research/simclr's count over an endless stream of batches:
+        ``N x E // B + 1`` steps and ``round(W x N // B)`` warmup steps
+        (``get_train_steps`` / ``WarmUpAndCosineDecay`` in tf2 ``model.py``).
+    """
+    if rule == "reference":
+        return n * epochs // batch_size + 1, int(round(warmup_epochs * n // batch_size))
+    per_epoch = n // batch_size
+    return epochs * per_epoch, round(warmup_epochs * per_epoch)
 
 
 def lr_at(step: int, peak_lr: float, warmup_steps: int, total_steps: int) -> float:

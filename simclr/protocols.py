@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simclr.errors import SimCLRError
+from simclr.optim import LARS, lr_at, scaled_lr, set_lr, step_counts
 
 # 0 plus log-spaced L2 strengths; see ``fit_probe`` for the objective they enter.
 WEIGHT_DECAYS: tuple[float, ...] = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
@@ -291,3 +292,56 @@ def linear_probe(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor,
             "weight_decay": sel["weight_decay"], "val_top1": sel["val_top1"],
             "grid": sel["grid"], "n_train": int(train_feats.shape[0]), "n_val": sel["n_val"],
             "n_test": int(test_feats.shape[0]), "feature_dim": int(train_feats.shape[1])}
+
+
+def linear_sgd(train_feats: Tensor, train_labels: Tensor, test_feats: Tensor,
+               test_labels: Tensor, epochs: int = 100, batch_size: int = 512, lr: float = 0.1,
+               momentum: float = 0.9, seed: int = 0) -> dict:
+    """The tf reference's linear evaluation on frozen features (google-research/simclr README,
+    CIFAR-10 ``--train_mode=finetune --fine_tune_after_block=4``).
+
+    A linear layer with bias, zero-initialized (``zero_init_logits_layer``), on the raw
+    features (no standardization), trained with softmax cross-entropy by SGD with Nesterov
+    momentum 0.9 (the lr inside the momentum, as tf's), peak lr ``lr x B/256``, no warmup,
+    cosine decay over the reference's ``N x epochs // B + 1`` steps, no weight decay, batches
+    drawn from an endless stream of seeded epoch permutations. No hyper-parameter is chosen
+    on any split: they are the reference's. Evaluated once on test.
+
+    Deliberate difference: the reference re-augments (random crop + flip) the train images every
+    step; here the features are extracted once without augmentation, like the ``linear`` probe.
+
+    Returns:
+        ``{"top1", "top5" (None under 5 classes), "steps", "peak_lr", "n_train", "n_test",
+        "feature_dim", "weight" (classes x D), "bias"}``; accuracies in [0, 1].
+    """
+    check_features(train_feats, train_labels, "train")
+    check_features(test_feats, test_labels, "test")
+    x, y = train_feats.detach().to("cpu", torch.float32), train_labels.cpu().long()
+    n, dim = x.shape
+    num_classes = int(y.max()) + 1
+    batch_size = min(batch_size, n)
+    total, _ = step_counts(n, batch_size, epochs, 0.0, "reference")
+    peak = scaled_lr(lr, batch_size, "linear")
+    head = nn.Linear(dim, num_classes)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    # LARS without adaptation or decay is tf's momentum optimizer: v = m v + lr g; w -= m v + lr g
+    opt = LARS([{"params": head.parameters(), "lars_adapt": False}], lr=0.0, momentum=momentum,
+               nesterov=True)
+    g = torch.Generator().manual_seed(seed)
+    order = torch.empty(0, dtype=torch.long)
+    for step in range(total):
+        while order.numel() < batch_size:  # the next epoch's permutation joins the stream
+            order = torch.cat([order, torch.randperm(n, generator=g)])
+        idx, order = order[:batch_size], order[batch_size:]
+        set_lr(opt, lr_at(step, peak, 0, total))
+        loss = F.cross_entropy(head(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        logits = head(test_feats.detach().to("cpu", torch.float32))  # test touched once
+    return {"top1": _topk_accuracy(logits, test_labels, 1),
+            "top5": _topk_accuracy(logits, test_labels, 5) if num_classes >= 5 else None,
+            "steps": total, "peak_lr": peak, "n_train": n, "n_test": int(test_feats.shape[0]),
+            "feature_dim": dim, "weight": head.weight.detach(), "bias": head.bias.detach()}

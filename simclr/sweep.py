@@ -125,8 +125,9 @@ def plan(config: str | Path | None, grid: list[tuple[str, list[str]]],
 
 
 def _check_data(cells: list[Cell]) -> dict[str, int]:
-    """Load each distinct dataset once; check batch sizes; return steps per epoch by cell."""
+    """Load each distinct dataset once; check batch sizes; return total steps by cell."""
     from simclr.data import load_train
+    from simclr.optim import step_counts
 
     sizes: dict[str, int] = {}
     steps = {}
@@ -138,7 +139,9 @@ def _check_data(cells: list[Cell]) -> dict[str, int]:
         if batch > n:
             raise SimCLRError(f"grid cell {cell.name}: train.batch_size {batch} is larger "
                               f"than the dataset ({n} images); lower it or use more data")
-        steps[cell.name] = n // batch
+        t = cell.cfg.train
+        steps[cell.name] = step_counts(n, batch, t.epochs, cell.cfg.optim.warmup_epochs,
+                                       t.step_rule)[0]
     return steps
 
 
@@ -286,11 +289,11 @@ def sweep(config: str | Path | None, grid_specs: list[str], overrides: list[str]
     cells = plan(config, grid, overrides, out)
     for cell in cells:
         _check_existing(cell)
-    steps_per_epoch = _check_data(cells)
+    total_steps = _check_data(cells)
     check_writable(out)
     failed = []
     for i, cell in enumerate(cells, 1):
-        total = cell.cfg.train.epochs * steps_per_epoch[cell.name]
+        total = total_steps[cell.name]
         head = f"[{i}/{len(cells)}] {cell.name}"
         try:
             trained, evaluated = cell_state(cell, total, protocols)

@@ -45,7 +45,7 @@ from simclr.folder import list_folder
 from simclr.loader import TensorLoader
 from simclr.loss import nt_xent
 from simclr.models import build_model, resolve_stem
-from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
 from simclr.runtime import (
     autocast,
     cpu_contention,
@@ -98,6 +98,8 @@ def encoder_meta(cfg: C.Config, in_channels: int, image_size: int, epoch: int,
     """What ``load_encoder`` needs to rebuild and feed the encoder."""
     return {"arch": cfg.model.arch, "width": cfg.model.width,
             "stem": resolve_stem(cfg.model.stem, image_size), "in_channels": in_channels,
+            "shortcut": cfg.model.shortcut, "zero_init_residual": cfg.model.zero_init_residual,
+            "init": cfg.model.init,
             "image_size": image_size, "mean": list(cfg.augment.mean),
             "std": list(cfg.augment.std), "dataset": cfg.data.name, "epoch": epoch,
             "step": step}
@@ -136,6 +138,9 @@ def train_step(model, optimizer, scaler, views: torch.Tensor, cfg: C.Config,
                gather=None) -> torch.Tensor:
     """One SimCLR step on 2B views (first half: view 1 of each image); returns the loss.
 
+    The returned (logged) loss is the per-view mean NT-Xent, ln(2N - 1) at random init; the
+    optimizer minimizes ``loss.scale`` times it (2 = the tf reference's ``mean(loss_a +
+    loss_b)``, which under LARS halves the relative weight decay and doubles the BN/bias step).
     Under DDP ``gather`` is ``dist.gather_with_grad``: the loss uses every rank's negatives.
     """
     with autocast(device, precision):
@@ -143,7 +148,7 @@ def train_step(model, optimizer, scaler, views: torch.Tensor, cfg: C.Config,
     z1, z2 = z.chunk(2)
     loss = nt_xent(z1, z2, cfg.loss.temperature, rank=rank, gather=gather)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss * cfg.loss.scale if cfg.loss.scale != 1 else loss).backward()
     if cfg.optim.clip_grad_norm > 0:
         scaler.unscale_(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -247,8 +252,9 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     steps_per_epoch = len(loader)
-    total_steps = cfg.train.epochs * steps_per_epoch
-    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    total_steps, warmup_steps = step_counts(n, cfg.train.batch_size, cfg.train.epochs,
+                                            cfg.optim.warmup_epochs, cfg.train.step_rule)
+    epochs = math.ceil(total_steps / steps_per_epoch)  # > train.epochs under step_rule=reference
     peak_lr = scaled_lr(cfg.optim.lr, cfg.train.batch_size, cfg.optim.lr_scaling)
     step, elapsed, history, epoch_sum = 0, 0.0, [], 0.0  # epoch_sum: this epoch's summed loss
     if state is not None:
@@ -312,15 +318,15 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
         f"{cfg.model.arch} x{cfg.model.width} on {device} ({precision})"
         + (f" x {world} processes" if world > 1 else "") + f", {allocator.describe()}, "
         f"batch {cfg.train.batch_size}, "
-        f"{cfg.train.epochs} epochs of {steps_per_epoch} steps -> {run_dir}"
+        f"{epochs} epochs of {steps_per_epoch} steps ({total_steps} steps) -> {run_dir}"
         + (f" (resuming at step {step})" if step else ""))
     stop = min(total_steps, cfg.train.max_steps or total_steps)
     model.train()
     while step < stop:
         epoch = step // steps_per_epoch
         first = step - epoch * steps_per_epoch
-        bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/"
-                   f"{cfg.train.epochs}", disable=not (cfg.train.progress and main), leave=False,
+        bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{epochs}",
+                   disable=not (cfg.train.progress and main), leave=False,
                    dynamic_ncols=True, file=sys.stderr)
         window_steps, t0 = 0, time.perf_counter()
         for x in loader.batches(epoch, first):
@@ -356,8 +362,9 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
             if step >= stop:
                 break
         bar.close()
-        if step % steps_per_epoch == 0:
-            history.append(float(dist.reduce_mean(epoch_loss)) / steps_per_epoch)
+        if step % steps_per_epoch == 0 or step == total_steps:  # the last may be partial
+            done = step - epoch * steps_per_epoch  # steps of this epoch
+            history.append(float(dist.reduce_mean(epoch_loss)) / done)
             epoch_loss.zero_()
             knn = ""
             if monitor is not None and ((epoch + 1) % every == 0 or step == total_steps):
@@ -374,7 +381,7 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
                 record({
                     "kind": "epoch", "epoch": epoch + 1, "step": step, "loss": history[-1],
                     "lr": lr, "time": elapsed})
-            log(f"epoch {epoch + 1}/{cfg.train.epochs} loss {history[-1]:.4f} lr {lr:.4g} "
+            log(f"epoch {epoch + 1}/{epochs} loss {history[-1]:.4f} lr {lr:.4g} "
                 f"time {elapsed:.0f}s{knn}")
         checkpoint()
         dist.barrier()  # the other ranks wait for rank 0's checkpoint and monitor

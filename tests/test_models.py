@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from simclr.config import Model
-from simclr.models import (ARCHS, ProjectionHead, ResNet, StridedPointwiseConv, build_model,
-                           resolve_stem)
+from simclr.models import (
+    ARCHS,
+    ProjectionHead,
+    ResNet,
+    StridedPointwiseConv,
+    build_model,
+    resolve_stem,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MALLOC_DEBUG = "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"

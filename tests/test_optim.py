@@ -89,7 +89,7 @@ def test_lr_schedule_endpoints():
 
 def test_lr_scaling():
     assert scaled_lr(1.0, 512, "linear") == 2.0
-    assert scaled_lr(1.0, 1024, "sqrt") == pytest.approx(2.0)
+    assert scaled_lr(1.0, 1024, "sqrt") == pytest.approx(32.0)  # lr x sqrt(B), the tf rule
     assert scaled_lr(0.3, 4096, "none") == 0.3
     assert math.isclose(scaled_lr(0.06, 256, "linear"), 0.06)
 
