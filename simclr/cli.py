@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="linear probe, kNN, k-means (+ baselines) on a run's encoder")
     ev.add_argument("run_dir", type=Path, nargs="?", help="a pretraining run dir")
     ev.add_argument("--protocol", default="linear,knn,kmeans",
-                    help="comma list of linear, knn, kmeans, finetune (default linear,knn,kmeans)")
+                    help="comma list of linear, linear_sgd, knn, kmeans, finetune (default "
+                         "linear,knn,kmeans)")
     ev.add_argument("--encoder", type=Path, help="evaluate this encoder.safetensors instead")
 
     prev = sub.add_parser("augment-preview", help="PNG grid of images and their SimCLR views")
@@ -84,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="values of one key (repeat for more keys; cells = all combinations)")
     swp.add_argument("--out", type=Path, required=True, help="sweep folder (rerun to resume)")
     swp.add_argument("--protocol", default="linear,knn,kmeans",
-                     help="comma list of linear, knn, kmeans, finetune (default linear,knn,kmeans)")
+                     help="comma list of linear, linear_sgd, knn, kmeans, finetune (default "
+                         "linear,knn,kmeans)")
 
     rep = sub.add_parser("report", help="write RUN_DIR/report.md: stats, eval table, pictures, "
                          "config")

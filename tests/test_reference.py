@@ -404,3 +404,16 @@ def test_linear_sgd_is_tfs_nesterov_momentum_on_zero_init_logits():
     torch.testing.assert_close(got["bias"].double(), b, rtol=0, atol=1e-5)
     want = ((xt.double() @ w.T + b).argmax(1) == yt).double().mean().item()
     assert got["top1"] == pytest.approx(want, abs=1e-6)
+
+
+def test_eval_reports_linear_sgd_as_its_own_protocol(run_dir):
+    from simclr.eval_run import evaluate
+
+    report = evaluate(run_dir, ["linear_sgd"], ["eval.baselines=false", "probe.sgd_epochs=3"],
+                      log=lambda *_: None)
+    (row,) = report["results"]
+    assert row["protocol"] == "linear_sgd" and row["split"] == "test"
+    assert 0 <= row["top1"] <= 1
+    s = row["settings"]
+    assert (s["epochs"], s["batch_size"], s["lr"]) == (3, 512, 0.1)
+    assert s["steps"] == 128 * 3 // 128 + 1  # the batch is capped at the 128 train images
