@@ -11,13 +11,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simclr import dist  # noqa: E402
 from simclr.config import build_config  # noqa: E402
-from simclr.loss import nt_xent  # noqa: E402
+from simclr.loss import multi_nt_xent, nt_xent  # noqa: E402
 from simclr.models import build_model  # noqa: E402
 from simclr.optim import build_optimizer, set_lr  # noqa: E402
 from simclr.train import train_step  # noqa: E402
 
 N, D, T = 6, 5, 0.3  # rows per rank, projection dim, temperature
 BATCH = 4  # images per rank in the training-step check
+VIEWS = 3  # views per image in the multi-view loss check
+
+
+def global_multi_z(world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """V x (N x world) x D projections and N x world labels (3 classes) of the global batch."""
+    g = torch.Generator().manual_seed(2)
+    return (torch.randn(VIEWS, N * world, D, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (N * world,), generator=g))
 
 
 def global_z(world: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +73,15 @@ def main(mode: str, out: Path) -> None:
         loss = nt_xent(z1, z2, T, rank=rank, gather=dist.gather_with_grad)
         loss.backward()
         torch.save({"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad}, out / f"rank{rank}.pt")
+    elif mode == "views":
+        z, labels = global_multi_z(world)
+        local = z[:, rows].reshape(VIEWS * N, D).requires_grad_()  # view-major
+        results = {}
+        for name, lab in (("self", None), ("supervised", labels[rows])):
+            loss = multi_nt_xent(local, VIEWS, T, rank=rank, gather=dist.gather_with_grad,
+                                 labels=lab)
+            results[name] = (loss.detach(), torch.autograd.grad(loss, local)[0])
+        torch.save(results, out / f"rank{rank}.pt")
     elif mode == "step":
         cfg = step_config()
         model = dist.convert_batchnorm(make_model(cfg))
