@@ -1,6 +1,7 @@
 """Distributed SimCLR on CPU with gloo, 2 processes started by torchrun: the gathered NT-Xent
-(two views, and V views with and without labels) and a whole training step equal one process on the global batch; end-to-end runs and resume
-across process counts; a failing rank ends the job."""
+(two views, and V views with and without labels) and a whole training step equal one process
+on the global batch; end-to-end runs and resume across process counts; a failing rank ends the
+job."""
 
 import os
 import subprocess
