@@ -129,20 +129,23 @@ def build_external(arch: str, in_channels: int, stem: str, explicit_stem: bool =
     return net
 
 
-def feature_dim(encoder: nn.Module, in_channels: int, image_size: int) -> int:
-    """D of an encoder mapping B x C x S x S floats to B x D, found by one forward pass of two
+def feature_dim(encoder: nn.Module, in_channels: int, image_size: int | tuple[int, int]) -> int:
+    """D of an encoder mapping B x C x H x W floats to B x D, found by one forward pass of two
     blank images (eval mode, no gradient; the module's mode and state are left as they were).
+
+    Args:
+        image_size: S (square images) or (H, W).
     """
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     like = next(itertools.chain(encoder.parameters(), encoder.buffers()), None)
     device = like.device if like is not None else torch.device("cpu")
     dtype = like.dtype if like is not None and like.is_floating_point() else torch.float32
     was_training = encoder.training
     encoder.eval()
-    shape = f"{in_channels}x{image_size}x{image_size}"
+    shape = f"{in_channels}x{h}x{w}"
     try:
         with torch.no_grad():
-            out = encoder(torch.zeros(2, in_channels, image_size, image_size, device=device,
-                                      dtype=dtype))
+            out = encoder(torch.zeros(2, in_channels, h, w, device=device, dtype=dtype))
     except Exception as e:  # the user's module: any failure is theirs to see in one line
         raise SimCLRError(f"the encoder cannot run on {shape} images ({type(e).__name__}: "
                           f"{_first_line(e)}); it must map B x C x H x W floats to B x D"

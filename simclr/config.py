@@ -393,6 +393,11 @@ def validate(cfg: Config) -> None:
             raise SimCLRError(message)
 
 
+# Keys that shape our ResNets only; other encoders need their defaults (model.init still sets
+# the projection head's init).
+RESNET_ONLY = {"width": 1.0, "shortcut": "identity", "zero_init_residual": False}
+
+
 def _check_arch(m: Model) -> None:
     """Our ResNets, ``timm:<name>`` / ``torchvision:<name>`` (the package must import and know
     the name), or ``custom`` (a module given to the Python API); our ResNets' own knobs are
@@ -408,9 +413,7 @@ def _check_arch(m: Model) -> None:
         raise SimCLRError(f"unknown model.arch '{m.arch}': {_closest(m.arch, sorted(ARCHS))}"
                           f"choose one of {', '.join(sorted(ARCHS))}, timm:NAME or "
                           "torchvision:NAME (with that package installed)")
-    ours = {"width": 1.0, "shortcut": "identity", "zero_init_residual": False,
-            "init": "torchvision"}
-    for key, default in ours.items():
+    for key, default in RESNET_ONLY.items():
         if getattr(m, key) != default:
             raise SimCLRError(f"model.{key}={getattr(m, key)} applies to our resnet18/34/50 "
                               f"only, not to model.arch={m.arch}; drop it")

@@ -188,14 +188,17 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
 
     Args:
         encoder: train this module (B x C x H x W floats -> B x D; D is found by one forward
-            pass) instead of building ``model.arch``, which becomes ``custom``. Its weights
-            are used as given; to resume, pass the same kind of module again.
+            pass) instead of building ``model.arch``, which becomes ``custom`` (and the keys
+            of our ResNets alone, ``config.RESNET_ONLY``, their defaults). Its weights are used
+            as given and trained in place; to resume, pass the same kind of module again.
 
     Returns:
         The run directory.
     """
-    if encoder is not None:
+    if encoder is not None:  # our ResNet's own keys do not describe it: back to defaults
         cfg.model.arch = CUSTOM
+        for key, default in C.RESNET_ONLY.items():
+            setattr(cfg.model, key, default)
     elif cfg.model.arch == CUSTOM:
         raise SimCLRError("model.arch=custom trains a module given to the Python API: "
                           "simclr.pretrain(cfg, run_dir, encoder=module); or choose another "
