@@ -9,7 +9,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from simclr.backbones import CUSTOM, build_external, feature_dim
+from simclr.backbones import CUSTOM, build_external, feature_dim, is_external
 from simclr.errors import SimCLRError
 
 
@@ -277,6 +277,17 @@ def encoder_from_meta(meta: dict) -> nn.Module:
     return ResNet(meta["arch"], meta["width"], meta["stem"], meta["in_channels"],
                   meta.get("shortcut", "identity"), meta.get("zero_init_residual", False),
                   meta.get("init", "torchvision"))
+
+
+def check_encoder(model_cfg, in_channels: int, image_size: int,
+                  encoder: nn.Module | None = None) -> None:
+    """SimCLRError now, in one line, when the encoder cannot serve these images: a given module
+    is run once (:func:`~simclr.backbones.feature_dim`), a timm / torchvision one built once
+    (e.g. ``model.stem=cifar`` where it has no ResNet stem); our ResNets always build."""
+    if encoder is not None:
+        feature_dim(encoder, in_channels, image_size)
+    elif is_external(model_cfg.arch):
+        build_encoder(model_cfg.arch, 1.0, model_cfg.stem, in_channels, image_size)
 
 
 def build_model(model_cfg, in_channels: int, image_size: int,

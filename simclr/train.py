@@ -25,7 +25,7 @@ from tqdm import tqdm
 from simclr import allocator, dist, tboard
 from simclr import config as C
 from simclr.augment import make_views
-from simclr.backbones import CUSTOM, feature_dim, is_external
+from simclr.backbones import CUSTOM
 from simclr.checkpoint import (
     CHECKPOINT,
     ENCODER,
@@ -45,7 +45,7 @@ from simclr.eval_run import eval_data, knn_monitor
 from simclr.folder import list_folder
 from simclr.loader import TensorLoader, batch_labels
 from simclr.loss import multi_nt_xent, nt_xent
-from simclr.models import build_encoder, build_model, resolve_stem
+from simclr.models import build_model, check_encoder, resolve_stem
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
 from simclr.runtime import (
     autocast,
@@ -235,18 +235,9 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
                 raise SimCLRError(f"train.batch_size {cfg.train.batch_size} is larger than the "
                                   f"dataset ({images.shape[0]} images); lower it or use more "
                                   "data")
-        labels = (images.labels if stream else labels) if cfg.loss.supervised else None
-        if labels is not None and bool((labels < 0).any()):
-            raise SimCLRError(f"loss.supervised=true takes positives from labels, but "
-                              f"{int((labels < 0).sum())} training images of {cfg.data.name} "
-                              f"({cfg.data.split}) are unlabeled; use a labeled split or "
-                              "loss.supervised=false")
-        channels, side = (images.shape[0], images.shape[1]) if stream else \
-            (images.shape[1], images.shape[-1])
-        if encoder is not None:  # a module that cannot run fails here, before any file
-            feature_dim(encoder, channels, side)
-        elif is_external(cfg.model.arch):  # timm / torchvision: e.g. an impossible stem
-            build_encoder(cfg.model.arch, 1.0, cfg.model.stem, channels, side)
+        labels = _supervised_labels(cfg, images.labels if stream else labels)
+        channels, side = images.shape[0 if stream else 1], images.shape[-1]  # C x S x S
+        check_encoder(cfg.model, channels, side, encoder)  # before any file is written
         if cfg.augment.mean is None or cfg.augment.std is None:  # streamed: one decoding pass
             cfg.augment.mean, cfg.augment.std = channel_stats(images.chunks() if stream
                                                               else images)
@@ -259,6 +250,18 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
     finally:
         if joined:
             dist.shutdown()
+
+
+def _supervised_labels(cfg: C.Config, labels: torch.Tensor) -> torch.Tensor | None:
+    """The training labels when ``loss.supervised`` (all must be labeled), else None."""
+    if not cfg.loss.supervised:
+        return None
+    if bool((labels < 0).any()):
+        raise SimCLRError(f"loss.supervised=true takes positives from labels, but "
+                          f"{int((labels < 0).sum())} training images of {cfg.data.name} "
+                          f"({cfg.data.split}) are unlabeled; use a labeled split or "
+                          "loss.supervised=false")
+    return labels
 
 
 def _quiet(*_args, **_kwargs) -> None:

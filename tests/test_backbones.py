@@ -16,7 +16,6 @@ from simclr.backbones import build_external, cifar_stem_, feature_dim
 from simclr.checkpoint import read_encoder
 from simclr.config import build_config
 from simclr.errors import SimCLRError
-from tests.formats import write_idx
 
 
 class TinyNet(nn.Module):
@@ -29,13 +28,6 @@ class TinyNet(nn.Module):
 
     def forward(self, x):
         return torch.relu(self.bn(self.conv(x))).mean((2, 3))  # B x 12
-
-
-@pytest.fixture(scope="module")
-def mnist_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mnist")
-    write_idx(root, 64, n_test=40)
-    return root
 
 
 def tiny(root, **extra):
@@ -81,7 +73,7 @@ def test_custom_module_end_to_end_through_the_api(mnist_root, tmp_path):
     assert models["simclr"]["feature_dim"] == 12 and models["raw_pixels"]["feature_dim"] == 784
 
     more = run(tiny(mnist_root, **{"train.epochs": 2}), run_dir, force=True, encoder=TinyNet())
-    assert read_encoder(more / "encoder.safetensors")[1]["step"] == 4  # resumed at step 2
+    assert read_encoder(more / "encoder.safetensors")[1]["step"] == 6  # resumed at step 3
 
 
 def test_a_module_that_cannot_serve_is_refused_before_any_file(mnist_root, tmp_path):

@@ -18,30 +18,18 @@ from simclr.loss import multi_nt_xent, nt_xent
 from simclr.models import build_model
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
 from simclr.runtime import step_generator
-from simclr.train import channel_stats, pretrain, train_step
-from tests.formats import write_idx, write_stl10
+from simclr.train import channel_stats, train_step
+from tests.formats import write_stl10
+from tests.test_train import BATCH, run
+from tests.test_train import tiny as train_tiny
 
-N, BATCH = 96, 32
 MULTI = [[2, 1], [4, 0.5, 0.05, 0.4]]  # 2 global views + 4 local views at half size
 
 
-@pytest.fixture(scope="module")
-def mnist_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mnist")
-    write_idx(root, N, n_test=32)
-    return root
-
-
 def tiny(root, **extra):
-    return build_config(overrides={
-        "data.name": "mnist", "data.root": str(root), "data.download": False,
-        "model.width": 0.0625, "model.proj_dim": 16, "train.batch_size": BATCH,
-        "train.epochs": 2, "train.progress": False, "train.log_every": 1,
-        "train.precision": "fp32", "optim.warmup_epochs": 1.0, "eval.every": 0, **extra})
-
-
-def run(cfg, run_dir, **kw):
-    return pretrain(cfg, run_dir, log=lambda *_: None, **kw)
+    """test_train's tiny run (96 images, batch 32, 3 steps an epoch) in fp32, no monitor."""
+    return train_tiny(root, **{"train.log_every": 1, "train.precision": "fp32",
+                               "eval.every": 0, **extra})
 
 
 def two_view_loop(cfg, images):
