@@ -75,6 +75,18 @@ def test_two_training_steps_equal_one_process(tmp_path):
             torch.testing.assert_close(part["state"][k], v, rtol=1e-8, atol=1e-10, msg=k)
 
 
+def test_steps_on_views_of_two_sizes_equal_one_process(tmp_path):
+    ranks = worker("sized_step", tmp_path)
+    cfg = W.step_config(sized=True)
+    model = W.make_model(cfg)
+    views = W.view_major(W.global_sized_views(2), slice(None))
+    losses = W.run_view_steps(model, model, cfg, views)
+    assert ranks[0]["losses"] == pytest.approx(losses, rel=1e-10)
+    for part in ranks:  # global BatchNorm per size group, the multi-view gather, LARS
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(part["state"][k], v, rtol=1e-8, atol=1e-10, msg=k)
+
+
 def test_a_failing_rank_ends_the_job(tmp_path):
     start = time.monotonic()
     proc = torchrun(REPO / "tests" / "dist_worker.py", "fail", tmp_path, timeout=300)
