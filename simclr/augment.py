@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -470,52 +469,6 @@ def two_views(x: torch.Tensor, cfg: Augment, mean: Stats, std: Stats,
     return views[: x.shape[0]], views[x.shape[0]:]
 
 
-def view_groups(cfg: Augment, hw: tuple[int, int]) -> list[tuple[int, tuple[int, int],
-                                                                   tuple[float, float]]]:
-    """``cfg.views`` resolved for H x W images: (count, (out_h, out_w), crop scale) per group.
-
-    A size <= 1 is a fraction of the image side (1 = the images' own H x W), > 1 pixels; a
-    group without its own crop scale takes ``cfg.crop_scale``.
-    """
-    out = []
-    for group in cfg.views:
-        count, size = int(group[0]), group[1]
-        if size == 1:
-            side = hw
-        elif size < 1:
-            side = (max(1, round(size * hw[0])), max(1, round(size * hw[1])))
-        else:
-            side = (int(size), int(size))
-        scale = (float(group[2]), float(group[3])) if len(group) == 4 else tuple(cfg.crop_scale)
-        out.append((count, side, scale))
-    return out
-
-
-def make_views(x: torch.Tensor, cfg: Augment, mean: Stats, std: Stats,
-               generator: torch.Generator) -> list[torch.Tensor]:
-    """Every view of each image the groups of ``cfg.views`` ask for, batched on x's device.
-
-    Each group is one :func:`simclr_augment` call on the batch repeated ``count`` times (its
-    own size and crop scale), in the order of ``cfg.views``, all drawing from ``generator``.
-    Groups of one size are then joined, so the encoder runs once per size. The default
-    ``[[2, 1]]`` is exactly :func:`two_views` (the same call, the same draws).
-
-    Args:
-        x: B x C x H x W uint8 (or float in [0, 1]).
-
-    Returns:
-        One tensor per distinct output size, in order of first appearance, each
-        (views of that size x B) x C x h x w float32 normalized, view-major: rows
-        k*B .. (k+1)*B - 1 are one view of every image.
-    """
-    by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
-    for count, side, scale in view_groups(cfg, (x.shape[2], x.shape[3])):
-        group_cfg = cfg if scale == tuple(cfg.crop_scale) else replace(cfg, crop_scale=scale)
-        by_size.setdefault(side, []).append(
-            simclr_augment(x.repeat(count, 1, 1, 1), group_cfg, mean, std, generator, side))
-    return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in by_size.values()]
-
-
 def preview(images_uint8: torch.Tensor, cfg: Augment, mean: Stats, std: Stats,
             path: str | Path, n_views: int = 4, seed: int = 0) -> Path:
     """Write a PNG grid: one row per image, the original then ``n_views`` views.
@@ -550,7 +503,6 @@ def preview(images_uint8: torch.Tensor, cfg: Augment, mean: Stats, std: Stats,
 
 __all__ = [
     "LUMA", "adjust_hue", "blur_probability", "color_jitter", "denormalize", "gaussian_blur",
-    "grayscale", "hsv_to_rgb", "make_views", "normalize", "preview", "random_flip",
-    "random_grayscale", "random_resized_crop", "rgb_to_hsv", "simclr_augment", "to_float",
-    "two_views", "view_groups",
+    "grayscale", "hsv_to_rgb", "normalize", "preview", "random_flip", "random_grayscale",
+    "random_resized_crop", "rgb_to_hsv", "simclr_augment", "to_float", "two_views",
 ]

@@ -27,13 +27,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from simclr import allocator
 from simclr import config as C
-from simclr.augment import make_views
 from simclr.data import DATASETS
 from simclr.loader import TensorLoader
 from simclr.models import build_model
 from simclr.optim import build_optimizer, set_lr
 from simclr.runtime import cpu_contention, resolve_device, resolve_precision, step_generator
 from simclr.train import train_step
+from simclr.views import make_views
 
 
 def _shape(cfg: C.Config) -> tuple[int, int]:

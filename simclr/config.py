@@ -332,8 +332,9 @@ def _choice(key: str, value: str, choices: list[str]) -> None:
 def validate(cfg: Config) -> None:
     """Refuse settings that cannot work, each with the fix."""
     from simclr.data import DATASETS
-    from simclr.models import INITS, SHORTCUTS
+    from simclr.models import INITS, SHORTCUTS, check_model_arch
     from simclr.optim import OPTIMIZERS, STEP_RULES
+    from simclr.views import views_checks
 
     _choice("data.name", cfg.data.name, sorted(DATASETS))
     _choice("optim.name", cfg.optim.name, sorted(OPTIMIZERS))
@@ -341,7 +342,7 @@ def validate(cfg: Config) -> None:
     _choice("model.stem", cfg.model.stem, ["auto", "cifar", "imagenet"])
     _choice("model.shortcut", cfg.model.shortcut, list(SHORTCUTS))
     _choice("model.init", cfg.model.init, list(INITS))
-    _check_arch(cfg.model)
+    check_model_arch(cfg.model)
     _choice("augment.crop_interpolation", cfg.augment.crop_interpolation,
             ["bilinear", "bicubic"])
     _choice("train.step_rule", cfg.train.step_rule, list(STEP_RULES))
@@ -384,55 +385,13 @@ def validate(cfg: Config) -> None:
         (cfg.finetune.lr > 0, "finetune.lr must be > 0"),
         (cfg.finetune.epochs >= 1, "finetune.epochs must be >= 1"),
     ]
-    checks += _views_checks(cfg.augment.views)
+    checks += views_checks(cfg.augment.views)
     for p_key in ("flip_p", "jitter_p", "gray_p", "blur_p"):
         p = getattr(cfg.augment, p_key)
         checks.append((p is None or 0 <= p <= 1, f"augment.{p_key} must be in [0, 1]"))
     for ok, message in checks:
         if not ok:
             raise SimCLRError(message)
-
-
-# Keys that shape our ResNets only; other encoders need their defaults (model.init still sets
-# the projection head's init).
-RESNET_ONLY = {"width": 1.0, "shortcut": "identity", "zero_init_residual": False}
-
-
-def _check_arch(m: Model) -> None:
-    """Our ResNets, ``timm:<name>`` / ``torchvision:<name>`` (the package must import and know
-    the name), or ``custom`` (a module given to the Python API); our ResNets' own knobs are
-    refused for the others."""
-    from simclr.backbones import CUSTOM, check_arch, is_external
-    from simclr.models import ARCHS
-
-    if m.arch in ARCHS:
-        return
-    if is_external(m.arch):
-        check_arch(m.arch)
-    elif m.arch != CUSTOM:
-        raise SimCLRError(f"unknown model.arch '{m.arch}': {_closest(m.arch, sorted(ARCHS))}"
-                          f"choose one of {', '.join(sorted(ARCHS))}, timm:NAME or "
-                          "torchvision:NAME (with that package installed)")
-    for key, default in RESNET_ONLY.items():
-        if getattr(m, key) != default:
-            raise SimCLRError(f"model.{key}={getattr(m, key)} applies to our resnet18/34/50 "
-                              f"only, not to model.arch={m.arch}; drop it")
-
-
-def _views_checks(groups: tuple[tuple[int | float, ...], ...]) -> list[tuple[bool, str]]:
-    def good(g: tuple[int | float, ...]) -> bool:
-        return (len(g) in (2, 4) and float(g[0]).is_integer() and g[0] >= 1 and g[1] > 0
-                and (g[1] <= 1 or float(g[1]).is_integer())
-                and (len(g) == 2 or 0 < g[2] <= g[3] <= 1))
-
-    shape = ("augment.views: each group is [count, size] or [count, size, scale_lo, scale_hi] "
-             "(count >= 1; size <= 1 a fraction of the image side, > 1 whole pixels; "
-             "0 < scale_lo <= scale_hi <= 1), e.g. [[2, 1], [4, 0.5, 0.05, 0.4]]")
-    bad = next((g for g in groups if not good(g)), None)
-    return [(bad is None, f"{shape}; got {[list(g) for g in groups]}"),
-            (bad is not None or sum(int(g[0]) for g in groups) >= 2,
-             f"augment.views must make at least 2 views per image in all, got "
-             f"{[list(g) for g in groups]}")]
 
 
 def save_yaml(cfg: Config, path: str | Path) -> None:

@@ -4,12 +4,13 @@ torchvision or any module through :mod:`simclr.backbones`), the projection head,
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
 from torch import Tensor, nn
 
-from simclr.backbones import CUSTOM, build_external, feature_dim, is_external
+from simclr.backbones import CUSTOM, build_external, check_arch, feature_dim, is_external
 from simclr.errors import SimCLRError
 
 
@@ -244,6 +245,32 @@ class SimCLR(nn.Module):
         else:
             h = self.encoder(x)  # B x D
         return h, self.head(h)
+
+
+# Keys that shape our ResNets only; other encoders need their defaults (model.init still sets
+# the projection head's init).
+RESNET_ONLY = {"width": 1.0, "shortcut": "identity", "zero_init_residual": False}
+
+
+def check_model_arch(m) -> None:
+    """SimCLRError unless ``model.arch`` (a ``config.Model`` section) is one of our ResNets,
+    ``timm:<name>`` / ``torchvision:<name>`` (the package must import and know the name), or
+    ``custom`` (a module given to the Python API); our ResNets' own keys are refused for the
+    others."""
+    if m.arch in ARCHS:
+        return
+    if is_external(m.arch):
+        check_arch(m.arch)
+    elif m.arch != CUSTOM:
+        match = difflib.get_close_matches(m.arch, sorted(ARCHS), n=1)
+        hint = f"did you mean '{match[0]}'? " if match else ""
+        raise SimCLRError(f"unknown model.arch '{m.arch}': {hint}choose one of "
+                          f"{', '.join(sorted(ARCHS))}, timm:NAME or torchvision:NAME (with "
+                          "that package installed)")
+    for key, default in RESNET_ONLY.items():
+        if getattr(m, key) != default:
+            raise SimCLRError(f"model.{key}={getattr(m, key)} applies to our resnet18/34/50 "
+                              f"only, not to model.arch={m.arch}; drop it")
 
 
 def resolve_stem(stem: str, image_size: int) -> str:

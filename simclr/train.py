@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from simclr import allocator, dist, tboard
 from simclr import config as C
-from simclr.augment import make_views
 from simclr.backbones import CUSTOM
 from simclr.checkpoint import (
     CHECKPOINT,
@@ -45,7 +44,7 @@ from simclr.eval_run import eval_data, knn_monitor
 from simclr.folder import list_folder
 from simclr.loader import TensorLoader, batch_labels
 from simclr.loss import multi_nt_xent, nt_xent
-from simclr.models import build_model, check_encoder, resolve_stem
+from simclr.models import RESNET_ONLY, build_model, check_encoder, resolve_stem
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
 from simclr.runtime import (
     autocast,
@@ -55,6 +54,7 @@ from simclr.runtime import (
     step_generator,
 )
 from simclr.stream import StreamLoader, fits_in_memory
+from simclr.views import make_views
 
 METRICS = "metrics.jsonl"
 # Keys a resumed run may change without --force: they do not alter what is computed.
@@ -189,7 +189,7 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
     Args:
         encoder: train this module (B x C x H x W floats -> B x D; D is found by one forward
             pass) instead of building ``model.arch``, which becomes ``custom`` (and the keys
-            of our ResNets alone, ``config.RESNET_ONLY``, their defaults). Its weights are used
+            of our ResNets alone, ``models.RESNET_ONLY``, their defaults). Its weights are used
             as given and trained in place; to resume, pass the same kind of module again.
 
     Returns:
@@ -197,7 +197,7 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
     """
     if encoder is not None:  # our ResNet's own keys do not describe it: back to defaults
         cfg.model.arch = CUSTOM
-        for key, default in C.RESNET_ONLY.items():
+        for key, default in RESNET_ONLY.items():
             setattr(cfg.model, key, default)
     elif cfg.model.arch == CUSTOM:
         raise SimCLRError("model.arch=custom trains a module given to the Python API: "
