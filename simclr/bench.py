@@ -1,7 +1,8 @@
 """``simclr bench``: the full pretraining step against the bare model step, in one process.
 
 (a) bare: model forward + backward + NT-Xent + optimizer on views made once beforehand;
-(b) full: device-side loader + two augmented views + the same step, as ``simclr pretrain`` runs.
+(b) full: device-side loader + the augmented views (``augment.views``) + the same step, as
+``simclr pretrain`` runs.
 Both after warm-up, median images/s over several timed windows, same model, batch, precision
 and layout; their ratio is our overhead. Also achieved GFLOP/s (torch.utils.flop_counter) and
 peak memory. ``python -m simclr.bench`` works too.
@@ -26,13 +27,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from simclr import allocator
 from simclr import config as C
-from simclr.augment import two_views
 from simclr.data import DATASETS
 from simclr.loader import TensorLoader
 from simclr.models import build_model
 from simclr.optim import build_optimizer, set_lr
 from simclr.runtime import cpu_contention, resolve_device, resolve_precision, step_generator
 from simclr.train import train_step
+from simclr.views import make_views
 
 
 def _shape(cfg: C.Config) -> tuple[int, int]:
@@ -83,8 +84,13 @@ def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3) 
     set_lr(optimizer, 1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step_model = torch.compile(model) if cfg.train.compile else model
-    premade = torch.cat(two_views(images[:batch], cfg.augment, mean, std,
-                                  step_generator(0, 0, device))).contiguous(memory_format=fmt)
+
+    def views(x: torch.Tensor, step: int):  # as the loop makes them: one tensor per view size
+        out = [v.contiguous(memory_format=fmt) for v in make_views(
+            x, cfg.augment, mean, std, step_generator(cfg.train.seed, step, device))]
+        return out[0] if len(out) == 1 else out
+
+    premade = views(images[:batch], 0)
 
     def bare() -> None:
         train_step(step_model, optimizer, scaler, premade, cfg, device, precision)
@@ -99,11 +105,8 @@ def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3) 
     stream = batches()
 
     def full() -> None:
-        step = next(counter)
-        v1, v2 = two_views(next(stream), cfg.augment, mean, std,
-                           step_generator(cfg.train.seed, step, device))
-        views = torch.cat([v1, v2]).contiguous(memory_format=fmt)
-        train_step(step_model, optimizer, scaler, views, cfg, device, precision)
+        train_step(step_model, optimizer, scaler, views(next(stream), next(counter)), cfg,
+                   device, precision)
 
     bare_ips = _time(bare, device, steps, warmup, windows, batch)
     full_ips = _time(full, device, steps, warmup, windows, batch)

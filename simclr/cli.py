@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
                          "linear,knn,kmeans)")
     ev.add_argument("--encoder", type=Path, help="evaluate this encoder.safetensors instead")
 
+    exp = sub.add_parser("export", help="write a run's encoder in another library's key names")
+    exp.add_argument("run_dir", type=Path, metavar="RUN", help="a run dir or encoder.safetensors")
+    exp.add_argument("--format", default="torchvision", choices=["torchvision"],
+                     help="torchvision: a state_dict for torchvision.models.resnet18/34/50")
+    exp.add_argument("--out", type=Path, help="file (default encoder_torchvision.pt beside "
+                     "the encoder)")
+
     prev = sub.add_parser("augment-preview", help="PNG grid of images and their SimCLR views")
     prev.add_argument("--config", type=Path, help="YAML preset")
     prev.add_argument("--out", type=Path, default=Path("augment_preview.png"))
@@ -101,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="a row for each of fp32/bf16 x NCHW/channels_last")
     bench.add_argument("--compile", action="store_true", help="with --matrix: also compile on")
     bench.add_argument("--json", type=Path, help="also write the rows to this JSON file")
-    for sp in (pre, ev, prev, plot, emb, nbr, swp, rep, bench):
+    for sp in (pre, ev, exp, prev, plot, emb, nbr, swp, rep, bench):
         sp.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return p
 
@@ -122,6 +129,14 @@ def _eval(args, overrides: list[str]) -> None:
     print(format_table(report))
     where = args.run_dir if args.run_dir is not None else args.encoder.parent
     print(f"wrote {where / EVAL_JSON}")
+
+
+def _export(args, overrides: list[str]) -> None:
+    from simclr.export import export_torchvision
+
+    _no_overrides("export", overrides)
+    path, code = export_torchvision(args.run_dir, args.out)
+    print(f"wrote {path}; load it into torchvision with:\n{code}")
 
 
 def _augment_preview(args, overrides: list[str]) -> None:
@@ -189,7 +204,8 @@ def _bench(args, overrides: list[str]) -> None:
     run(cfg, args.steps, args.warmup, args.windows, args.matrix, args.compile, args.json)
 
 
-COMMANDS = {"pretrain": _pretrain, "eval": _eval, "augment-preview": _augment_preview,
+COMMANDS = {"pretrain": _pretrain, "eval": _eval, "export": _export,
+            "augment-preview": _augment_preview,
             "plot": _plot, "embed": _embed, "neighbors": _neighbors, "sweep": _sweep,
             "report": _report, "bench": _bench}
 

@@ -43,11 +43,14 @@ class Augment:
     crop_interpolation: str = "bilinear"  # bilinear | bicubic (the reference: Keys a=-0.5)
     mean: tuple[float, ...] | None = None  # per-channel; None -> measured on the training data
     std: tuple[float, ...] | None = None
+    # view groups [count, size] or [count, size, scale_lo, scale_hi]: size <= 1 is a fraction
+    # of the image side, > 1 pixels; the crop scale defaults to crop_scale
+    views: tuple[tuple[int | float, ...], ...] = ((2, 1),)
 
 
 @dataclass
 class Model:
-    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50 | timm:NAME | torchvision:NAME
     width: float = 1.0  # multiplier of 64-128-256-512 channels
     stem: str = "auto"  # cifar (3x3, no max-pool) | imagenet | auto (cifar for <= 64 px)
     proj_layers: int = 2  # linear layers in the projection head
@@ -65,6 +68,7 @@ class Model:
 class Loss:
     temperature: float = 0.5
     scale: float = 1.0  # the optimizer minimizes scale x the logged per-view mean (2 = the tf ref)
+    supervised: bool = False  # SupCon: every view of an image with the same label is a positive
 
 
 @dataclass
@@ -328,16 +332,17 @@ def _choice(key: str, value: str, choices: list[str]) -> None:
 def validate(cfg: Config) -> None:
     """Refuse settings that cannot work, each with the fix."""
     from simclr.data import DATASETS
-    from simclr.models import ARCHS, INITS, SHORTCUTS
+    from simclr.models import INITS, SHORTCUTS, check_model_arch
     from simclr.optim import OPTIMIZERS, STEP_RULES
+    from simclr.views import views_checks
 
     _choice("data.name", cfg.data.name, sorted(DATASETS))
-    _choice("model.arch", cfg.model.arch, sorted(ARCHS))
     _choice("optim.name", cfg.optim.name, sorted(OPTIMIZERS))
     _choice("optim.lr_scaling", cfg.optim.lr_scaling, ["linear", "sqrt", "none"])
     _choice("model.stem", cfg.model.stem, ["auto", "cifar", "imagenet"])
     _choice("model.shortcut", cfg.model.shortcut, list(SHORTCUTS))
     _choice("model.init", cfg.model.init, list(INITS))
+    check_model_arch(cfg.model)
     _choice("augment.crop_interpolation", cfg.augment.crop_interpolation,
             ["bilinear", "bicubic"])
     _choice("train.step_rule", cfg.train.step_rule, list(STEP_RULES))
@@ -380,6 +385,7 @@ def validate(cfg: Config) -> None:
         (cfg.finetune.lr > 0, "finetune.lr must be > 0"),
         (cfg.finetune.epochs >= 1, "finetune.epochs must be >= 1"),
     ]
+    checks += views_checks(cfg.augment.views)
     for p_key in ("flip_p", "jitter_p", "gray_p", "blur_p"):
         p = getattr(cfg.augment, p_key)
         checks.append((p is None or 0 <= p <= 1, f"augment.{p_key} must be in [0, 1]"))

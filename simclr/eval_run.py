@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import time
@@ -14,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from simclr import config as C
+from simclr.backbones import feature_dim
 from simclr.checkpoint import ENCODER, atomic_write, load_model_state, read_encoder
 from simclr.clustering import clustering_metrics
 from simclr.data import load_split
@@ -34,22 +36,30 @@ PROTOCOLS = ("linear", "linear_sgd", "knn", "kmeans", "finetune")
 
 class NormalizedEncoder(nn.Module):
     """Float images in [0, 1] (N x C x H x W) -> features h; applies the run's normalization
-    itself, so downstream users need no constants. ``meta`` holds what the run recorded."""
+    itself, so downstream users need no constants. ``meta`` holds what the run recorded.
 
-    def __init__(self, encoder: ResNet, mean, std, meta: dict[str, Any] | None = None):
+    ``feature_dim``: D; default the run's record, else our ResNet's, else one forward pass
+    at the recorded image size."""
+
+    def __init__(self, encoder: nn.Module, mean, std, meta: dict[str, Any] | None = None,
+                 feature_dim: int | None = None):
         super().__init__()
         self.encoder = encoder
         c = len(mean)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
         self.meta = dict(meta or {})
-
-    @property
-    def feature_dim(self) -> int:
-        return self.encoder.feature_dim
+        self.feature_dim = feature_dim or self.meta.get("feature_dim") or _dim(encoder,
+                                                                              self.meta, c)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.encoder((x - self.mean) / self.std)  # N x D
+
+
+def _dim(encoder: nn.Module, meta: dict[str, Any], channels: int) -> int:
+    if isinstance(encoder, ResNet):
+        return encoder.feature_dim
+    return feature_dim(encoder, channels, meta["image_size"])
 
 
 def encoder_path(run_dir_or_file: str | Path) -> Path:
@@ -62,23 +72,32 @@ def encoder_path(run_dir_or_file: str | Path) -> Path:
     return path
 
 
-def load_encoder(run_dir_or_file: str | Path) -> NormalizedEncoder:
+def load_encoder(run_dir_or_file: str | Path,
+                 encoder: nn.Module | None = None) -> NormalizedEncoder:
     """The encoder of a run dir (or an ``encoder.safetensors``) as a :class:`NormalizedEncoder`
-    in eval mode."""
+    in eval mode.
+
+    Our ResNets and timm / torchvision encoders (with that package installed) are rebuilt
+    from the file's record. A custom module (a run of ``pretrain(cfg, encoder=module)``)
+    cannot be: pass ``encoder``, a module of the same kind, and the weights are loaded into it.
+    """
     path = encoder_path(run_dir_or_file)
     tensors, meta = read_encoder(path)
-    encoder = encoder_from_meta(meta)
+    encoder = encoder if encoder is not None else encoder_from_meta(meta)
     load_model_state(encoder, tensors, path)
     return NormalizedEncoder(encoder, meta["mean"], meta["std"], meta).eval()
 
 
-def random_encoder_like(enc: NormalizedEncoder, seed: int) -> NormalizedEncoder:
+def random_encoder_like(enc: NormalizedEncoder, seed: int,
+                        module: nn.Module | None = None) -> NormalizedEncoder:
     """The same architecture, randomly initialized from ``seed``: the what-did-pretraining-add
-    baseline."""
+    baseline. ``module``: an untrained module to use instead (a custom encoder, which cannot
+    be rebuilt from its record, is its own fresh module)."""
     torch.manual_seed(seed)
     m = enc.meta
-    encoder = encoder_from_meta(m)
-    return NormalizedEncoder(encoder, m["mean"], m["std"], {**m, "epoch": 0}).eval()
+    encoder = module if module is not None else encoder_from_meta(m)
+    return NormalizedEncoder(encoder, m["mean"], m["std"], {**m, "epoch": 0},
+                             enc.feature_dim).eval()
 
 
 def eval_data(cfg: C.Config) -> dict[str, tuple[Tensor, Tensor]]:
@@ -145,7 +164,7 @@ def features(enc: NormalizedEncoder, data: dict, cfg: C.Config, device: torch.de
     return out
 
 
-def knn_monitor(encoder: ResNet, data: dict, cfg: C.Config, device: torch.device,
+def knn_monitor(encoder: nn.Module, data: dict, cfg: C.Config, device: torch.device,
                 precision: str) -> float:
     """kNN top-1 on the test split with the train split as bank: the online monitor."""
     mean, std = list(cfg.augment.mean), list(cfg.augment.std)
@@ -203,7 +222,7 @@ def run_protocols(feats: dict[str, Tensor], data: dict, protocols: list[str],
 
 def evaluate(run_dir: str | Path | None = None, protocols: list[str] | tuple = ("linear", "knn",
              "kmeans"), overrides: list[str] | None = None, encoder_file: str | Path | None = None,
-             write: bool = True, log=print) -> dict[str, Any]:
+             write: bool = True, log=print, encoder: nn.Module | None = None) -> dict[str, Any]:
     """Run the evaluation protocols on a run's encoder (and the baselines) and write eval.json.
 
     Args:
@@ -211,6 +230,8 @@ def evaluate(run_dir: str | Path | None = None, protocols: list[str] | tuple = (
         protocols: any of linear, linear_sgd, knn, kmeans, finetune.
         overrides: ``section.key=value`` strings (eval.*, probe.*, finetune.*, data.root, ...).
         encoder_file: evaluate this encoder.safetensors instead of the run's.
+        encoder: for a custom encoder: a fresh module of its kind; the run's weights are
+            loaded into it, and an untouched copy of it is the random-init baseline.
     """
     from simclr.runtime import resolve_device, resolve_precision
 
@@ -227,7 +248,8 @@ def evaluate(run_dir: str | Path | None = None, protocols: list[str] | tuple = (
         base = C.load_yaml(cfg_path)
     cfg = C.build_config(overrides=overrides or [], base=base)
     source = encoder_path(encoder_file or run_dir)
-    enc = load_encoder(source)
+    fresh = copy.deepcopy(encoder) if encoder is not None else None
+    enc = load_encoder(source, encoder)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     data = eval_data(cfg)
@@ -240,7 +262,7 @@ def evaluate(run_dir: str | Path | None = None, protocols: list[str] | tuple = (
     feat_protocols = [p for p in protocols if p != "finetune"]
     models: list[tuple[str, Any]] = [("simclr", enc)]
     if cfg.eval.baselines:
-        models += [("random_init", random_encoder_like(enc, cfg.train.seed)),
+        models += [("random_init", random_encoder_like(enc, cfg.train.seed, fresh)),
                    ("raw_pixels", None)]
     results = []
     for name, model in models:

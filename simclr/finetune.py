@@ -45,7 +45,7 @@ def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device:
     classes = int(y_all.max()) + 1
     torch.manual_seed(cfg.train.seed)
     encoder = copy.deepcopy(enc.encoder).to(device, memory_format=torch.channels_last).train()
-    head = nn.Linear(encoder.feature_dim, classes).to(device)
+    head = nn.Linear(enc.feature_dim, classes).to(device)
     model = nn.Sequential(encoder, head)
     optimizer = torch.optim.SGD(param_groups(model, f.weight_decay), lr=0.0, momentum=0.9,
                                 nesterov=True)
@@ -78,7 +78,7 @@ def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device:
         pred = head.float().cpu()(feats).argmax(1)
     return {"protocol": "finetune", "split": "test", "top1": float((pred == y_test).float().mean()),
             "n_train": int(len(idx)), "n_test": int(len(y_test)),
-            "feature_dim": int(encoder.feature_dim),
+            "feature_dim": int(enc.feature_dim),
             "settings": {"labels": f.labels, "epochs": f.epochs, "lr": f.lr,
                          "weight_decay": f.weight_decay, "batch_size": batch,
                          "optimizer": "SGD nesterov momentum 0.9, cosine",

@@ -50,6 +50,15 @@ def rank_batches(perm: Tensor, batch_size: int, rank: int, world_size: int,
         yield perm[lo:lo + local]
 
 
+def batch_labels(loader, labels: Tensor, epoch: int, start: int = 0) -> Iterator[Tensor]:
+    """The labels of the images ``loader.batches(epoch, start)`` yields, batch by batch in the
+    same order (``loader``: a :class:`TensorLoader` or a ``StreamLoader``; ``labels``: N)."""
+    perm = loader.permutation(epoch)
+    labels = labels.to(perm.device)
+    for idx in rank_batches(perm, loader.batch_size, loader.rank, loader.world_size, start):
+        yield labels[idx]
+
+
 class TensorLoader:
     """Shuffled batches of an image tensor that already lives on the training device.
 
@@ -87,4 +96,4 @@ class TensorLoader:
             yield self.images[idx]
 
 
-__all__ = ["TensorLoader", "check_batch", "epoch_permutation", "rank_batches"]
+__all__ = ["TensorLoader", "batch_labels", "check_batch", "epoch_permutation", "rank_batches"]

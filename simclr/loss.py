@@ -1,4 +1,5 @@
-"""NT-Xent, the normalized temperature-scaled cross-entropy of SimCLR (Chen et al. 2020)."""
+"""NT-Xent, the normalized temperature-scaled cross-entropy of SimCLR (Chen et al. 2020): two
+views (``nt_xent``) and V views per image with several positives each (``multi_nt_xent``)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,53 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, rank: int = 0,
     logits[torch.arange(2 * n, device=z1.device), self_idx] = float("-inf")
     positive = torch.cat([own + m, own])  # 2N: column of each query's other view
     return F.cross_entropy(logits, positive)
+
+
+def multi_nt_xent(z: Tensor, views: int, temperature: float, rank: int = 0, gather=None,
+                  labels: Tensor | None = None) -> Tensor:
+    """Multi-positive NT-Xent over V views per image (Khosla et al. 2020 eq. 2, "L_out").
+
+    Every view is an anchor. Its positives are the other V - 1 views of its image; with
+    ``labels`` (SupCon), every other view of every image with its label. Every other view in
+    the (global) batch is a negative. Per anchor: the mean over its positives of
+    -log softmax(cosine / T) over all views but itself; the result is the mean over the local
+    V·N anchors. For V = 2 without labels this is :func:`nt_xent`; with all similarities equal
+    it is ln(V·M - 1) (M images in the global batch).
+
+    Args:
+        z: (V·N) x D projections, view-major: row v·N + i is view v of image i (any scale:
+            rows are L2-normalized here).
+        views: V >= 2.
+        temperature: T > 0.
+        rank: this process's rank; its images sit at offset ``rank * N`` of the gathered batch.
+        gather: ``Tensor -> Tensor`` concatenating a tensor over ranks with gradient
+            (``dist.gather_with_grad``); None means one process.
+        labels: N int64 class labels of this rank's images, or None (self-supervised).
+
+    Returns:
+        Scalar loss (float32, or float64 for float64 inputs).
+    """
+    dtype = torch.promote_types(z.dtype, torch.float32)
+    z = F.normalize(z.to(dtype), dim=1)  # VN x D
+    n, d = z.shape[0] // views, z.shape[1]
+    keys = z
+    if gather is not None:  # one gather: N x (V·D) rows, so each rank's images stay together
+        rows = gather(z.view(views, n, d).transpose(0, 1).reshape(n, views * d))  # M x VD
+        keys = rows.view(-1, views, d).transpose(0, 1).reshape(-1, d)  # VM x D, view-major
+    m = keys.shape[0] // views
+    dev = z.device
+    query_ids = (torch.arange(n, device=dev) + rank * n).repeat(views)  # VN: image in batch
+    key_ids = torch.arange(m, device=dev).repeat(views)  # VM
+    if labels is not None:
+        key_labels = gather(labels) if gather is not None else labels  # M
+        positive = labels.repeat(views)[:, None] == key_labels.repeat(views)[None, :]
+    else:
+        positive = query_ids[:, None] == key_ids[None, :]  # VN x VM
+    rows = torch.arange(views * n, device=dev)
+    self_idx = query_ids + torch.arange(views, device=dev).repeat_interleave(n) * m  # VN
+    logits = z @ keys.T / temperature  # VN x VM
+    logits[rows, self_idx] = float("-inf")
+    positive[rows, self_idx] = False
+    log_prob = torch.log_softmax(logits, dim=1)
+    per_anchor = torch.where(positive, log_prob, 0.0).sum(1) / positive.sum(1)  # VN
+    return -per_anchor.mean()

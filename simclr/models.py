@@ -1,12 +1,17 @@
-"""Encoders (ResNet-18/34/50 with a CIFAR or ImageNet stem and a width multiplier), the
-projection head, and ``SimCLR(f, g)`` that returns features h and projections z."""
+"""Encoders (ResNet-18/34/50 with a CIFAR or ImageNet stem and a width multiplier; timm,
+torchvision or any module through :mod:`simclr.backbones`), the projection head, and
+``SimCLR(f, g)`` that returns features h and projections z."""
 
 from __future__ import annotations
 
+import difflib
 import math
 
 import torch
 from torch import Tensor, nn
+
+from simclr.backbones import CUSTOM, build_external, check_arch, feature_dim, is_external
+from simclr.errors import SimCLRError
 
 
 class BasicBlock(nn.Module):
@@ -220,16 +225,52 @@ class ProjectionHead(nn.Module):
 
 
 class SimCLR(nn.Module):
-    """Encoder f and projection head g: ``forward(x) -> (h, z)``; evaluation uses h."""
+    """Encoder f and projection head g: ``forward(x) -> (h, z)``; evaluation uses h.
 
-    def __init__(self, encoder: ResNet, head: ProjectionHead):
+    ``x`` is one batch B x C x H x W, or a list of batches of different sizes (multi-crop
+    views): the encoder then runs once per batch, so each size group has its own BatchNorm
+    statistics (a joint forward is impossible across sizes), and the head runs once on all
+    features together. ``feature_dim``: D of h (the encoder's, or found by a forward pass).
+    """
+
+    def __init__(self, encoder: nn.Module, head: ProjectionHead, feature_dim: int | None = None):
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.feature_dim = feature_dim if feature_dim is not None else encoder.feature_dim
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.encoder(x)
+    def forward(self, x: Tensor | list[Tensor]) -> tuple[Tensor, Tensor]:
+        if isinstance(x, (list, tuple)):
+            h = torch.cat([self.encoder(v) for v in x])  # sum of batches x D
+        else:
+            h = self.encoder(x)  # B x D
         return h, self.head(h)
+
+
+# Keys that shape our ResNets only; other encoders need their defaults (model.init still sets
+# the projection head's init).
+RESNET_ONLY = {"width": 1.0, "shortcut": "identity", "zero_init_residual": False}
+
+
+def check_model_arch(m) -> None:
+    """SimCLRError unless ``model.arch`` (a ``config.Model`` section) is one of our ResNets,
+    ``timm:<name>`` / ``torchvision:<name>`` (the package must import and know the name), or
+    ``custom`` (a module given to the Python API); our ResNets' own keys are refused for the
+    others."""
+    if m.arch in ARCHS:
+        return
+    if is_external(m.arch):
+        check_arch(m.arch)
+    elif m.arch != CUSTOM:
+        match = difflib.get_close_matches(m.arch, sorted(ARCHS), n=1)
+        hint = f"did you mean '{match[0]}'? " if match else ""
+        raise SimCLRError(f"unknown model.arch '{m.arch}': {hint}choose one of "
+                          f"{', '.join(sorted(ARCHS))}, timm:NAME or torchvision:NAME (with "
+                          "that package installed)")
+    for key, default in RESNET_ONLY.items():
+        if getattr(m, key) != default:
+            raise SimCLRError(f"model.{key}={getattr(m, key)} applies to our resnet18/34/50 "
+                              f"only, not to model.arch={m.arch}; drop it")
 
 
 def resolve_stem(stem: str, image_size: int) -> str:
@@ -241,24 +282,54 @@ def resolve_stem(stem: str, image_size: int) -> str:
 
 def build_encoder(arch: str, width: float, stem: str, in_channels: int, image_size: int,
                   shortcut: str = "identity", zero_init_residual: bool = False,
-                  init: str = "torchvision") -> ResNet:
+                  init: str = "torchvision") -> nn.Module:
+    """Our ResNet for a key of ``ARCHS``, else a timm / torchvision model (``timm:<name>``)."""
+    if arch not in ARCHS:
+        return build_external(arch, in_channels, resolve_stem(stem, image_size),
+                              explicit_stem=stem == "cifar")
     return ResNet(arch, width, resolve_stem(stem, image_size), in_channels, shortcut,
                   zero_init_residual, init)
 
 
-def encoder_from_meta(meta: dict) -> ResNet:
+def encoder_from_meta(meta: dict) -> nn.Module:
     """A freshly initialized encoder of the architecture an exported encoder's metadata names
-    (files written before ``shortcut`` existed have identity shortcuts)."""
+    (files written before ``shortcut`` existed have identity shortcuts). A custom module
+    cannot be rebuilt from a name: that is a SimCLRError asking for it."""
+    if meta["arch"] == CUSTOM:
+        raise SimCLRError(f"this encoder is a custom module ({meta.get('module', 'unknown')}), "
+                          "which cannot be rebuilt from its file; pass one to load the weights "
+                          "into: simclr.load_encoder(path, encoder=module)")
+    if meta["arch"] not in ARCHS:
+        return build_external(meta["arch"], meta["in_channels"], meta["stem"])
     return ResNet(meta["arch"], meta["width"], meta["stem"], meta["in_channels"],
                   meta.get("shortcut", "identity"), meta.get("zero_init_residual", False),
                   meta.get("init", "torchvision"))
 
 
-def build_model(model_cfg, in_channels: int, image_size: int) -> SimCLR:
-    """SimCLR model from a ``config.Model`` section and the data's channels / side."""
+def check_encoder(model_cfg, in_channels: int, image_size: int,
+                  encoder: nn.Module | None = None) -> None:
+    """SimCLRError now, in one line, when the encoder cannot serve these images: a given module
+    is run once (:func:`~simclr.backbones.feature_dim`), a timm / torchvision one built once
+    (e.g. ``model.stem=cifar`` where it has no ResNet stem); our ResNets always build."""
+    if encoder is not None:
+        feature_dim(encoder, in_channels, image_size)
+    elif is_external(model_cfg.arch):
+        build_encoder(model_cfg.arch, 1.0, model_cfg.stem, in_channels, image_size)
+
+
+def build_model(model_cfg, in_channels: int, image_size: int,
+                encoder: nn.Module | None = None) -> SimCLR:
+    """SimCLR model from a ``config.Model`` section and the data's channels / side.
+
+    ``encoder``: use this module (B x C x H x W floats -> B x D) instead of building
+    ``model.arch``; D is found by one forward pass. The module's weights are used as given.
+    """
     m = model_cfg
-    encoder = build_encoder(m.arch, m.width, m.stem, in_channels, image_size, m.shortcut,
-                            m.zero_init_residual, m.init)
-    head = ProjectionHead(encoder.feature_dim, m.proj_hidden, m.proj_dim, m.proj_layers,
-                          m.proj_bn, m.proj_bn_last, m.init)
-    return SimCLR(encoder, head)
+    if encoder is None:
+        encoder = build_encoder(m.arch, m.width, m.stem, in_channels, image_size, m.shortcut,
+                                m.zero_init_residual, m.init)
+    dim = encoder.feature_dim if isinstance(encoder, ResNet) else \
+        feature_dim(encoder, in_channels, image_size)
+    head = ProjectionHead(dim, m.proj_hidden, m.proj_dim, m.proj_layers, m.proj_bn,
+                          m.proj_bn_last, m.init)
+    return SimCLR(encoder, head, dim)

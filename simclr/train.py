@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from simclr import allocator, dist, tboard
 from simclr import config as C
-from simclr.augment import two_views
+from simclr.backbones import CUSTOM
 from simclr.checkpoint import (
     CHECKPOINT,
     ENCODER,
@@ -42,9 +42,9 @@ from simclr.data import load_train
 from simclr.errors import SimCLRError
 from simclr.eval_run import eval_data, knn_monitor
 from simclr.folder import list_folder
-from simclr.loader import TensorLoader
-from simclr.loss import nt_xent
-from simclr.models import build_model, resolve_stem
+from simclr.loader import TensorLoader, batch_labels
+from simclr.loss import multi_nt_xent, nt_xent
+from simclr.models import RESNET_ONLY, build_model, check_encoder, resolve_stem
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
 from simclr.runtime import (
     autocast,
@@ -54,6 +54,7 @@ from simclr.runtime import (
     step_generator,
 )
 from simclr.stream import StreamLoader, fits_in_memory
+from simclr.views import make_views
 
 METRICS = "metrics.jsonl"
 # Keys a resumed run may change without --force: they do not alter what is computed.
@@ -94,9 +95,16 @@ def default_run_dir(cfg: C.Config) -> Path:
 
 
 def encoder_meta(cfg: C.Config, in_channels: int, image_size: int, epoch: int,
-                 step: int) -> dict[str, Any]:
-    """What ``load_encoder`` needs to rebuild and feed the encoder."""
-    return {"arch": cfg.model.arch, "width": cfg.model.width,
+                 step: int, model=None) -> dict[str, Any]:
+    """What ``load_encoder`` needs to rebuild and feed the encoder (``model``: the trained
+    SimCLR model, for its feature dimension and a custom encoder's class name)."""
+    extra = {}
+    if model is not None:
+        extra["feature_dim"] = model.feature_dim
+        if cfg.model.arch == CUSTOM:
+            cls = type(model.encoder)
+            extra["module"] = f"{cls.__module__}.{cls.__qualname__}"
+    return {**extra, "arch": cfg.model.arch, "width": cfg.model.width,
             "stem": resolve_stem(cfg.model.stem, image_size), "in_channels": in_channels,
             "shortcut": cfg.model.shortcut, "zero_init_residual": cfg.model.zero_init_residual,
             "init": cfg.model.init,
@@ -133,20 +141,31 @@ def check_writable(run_dir: Path) -> None:
                           "another --run-dir") from None
 
 
-def train_step(model, optimizer, scaler, views: torch.Tensor, cfg: C.Config,
-               device: torch.device, precision: str, rank: int = 0,
-               gather=None) -> torch.Tensor:
-    """One SimCLR step on 2B views (first half: view 1 of each image); returns the loss.
+def train_step(model, optimizer, scaler, views: torch.Tensor | list[torch.Tensor],
+               cfg: C.Config, device: torch.device, precision: str, rank: int = 0,
+               gather=None, labels: torch.Tensor | None = None) -> torch.Tensor:
+    """One SimCLR step on the V views of B images; returns the loss.
 
-    The returned (logged) loss is the per-view mean NT-Xent, ln(2N - 1) at random init; the
-    optimizer minimizes ``loss.scale`` times it (2 = the tf reference's ``mean(loss_a +
+    ``views`` is one tensor of V x B views, view-major (rows k*B .. (k+1)*B - 1: view k of
+    each image; V = 2: first half view 1), or a list of such tensors, one per view size
+    (:func:`~simclr.augment.make_views`); V is the number of views ``augment.views`` makes.
+    The encoder runs once per size (BatchNorm statistics per size group), the head once.
+
+    The returned (logged) loss is the per-view mean NT-Xent: two views and no labels
+    :func:`nt_xent`, ln(2N - 1) at random init; otherwise :func:`multi_nt_xent` (every other
+    view of the image, or with ``labels`` of its class, a positive), equal to it for V = 2.
+    The optimizer minimizes ``loss.scale`` times it (2 = the tf reference's ``mean(loss_a +
     loss_b)``, which under LARS halves the relative weight decay and doubles the BN/bias step).
     Under DDP ``gather`` is ``dist.gather_with_grad``: the loss uses every rank's negatives.
     """
     with autocast(device, precision):
-        _, z = model(views)  # 2B x proj_dim
-    z1, z2 = z.chunk(2)
-    loss = nt_xent(z1, z2, cfg.loss.temperature, rank=rank, gather=gather)
+        _, z = model(views)  # VB x proj_dim
+    n_views = sum(int(group[0]) for group in cfg.augment.views)
+    if n_views == 2 and labels is None:
+        z1, z2 = z.chunk(2)
+        loss = nt_xent(z1, z2, cfg.loss.temperature, rank=rank, gather=gather)
+    else:
+        loss = multi_nt_xent(z, n_views, cfg.loss.temperature, rank, gather, labels)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss * cfg.loss.scale if cfg.loss.scale != 1 else loss).backward()
     if cfg.optim.clip_grad_norm > 0:
@@ -159,7 +178,7 @@ def train_step(model, optimizer, scaler, views: torch.Tensor, cfg: C.Config,
 
 
 def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = False,
-             log=print) -> Path:
+             log=print, encoder: torch.nn.Module | None = None) -> Path:
     """Pretrain a SimCLR model; resume automatically when ``run_dir`` holds a checkpoint.
 
     Writes into ``run_dir``: ``config.yaml`` (resolved), ``metrics.jsonl``, ``checkpoint.pt``
@@ -167,9 +186,23 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
     ``encoder.safetensors`` and ``loss_history.npy``. One process at a time per run dir.
     Under torchrun every rank calls this; rank 0 alone writes.
 
+    Args:
+        encoder: train this module (B x C x H x W floats -> B x D; D is found by one forward
+            pass) instead of building ``model.arch``, which becomes ``custom`` (and the keys
+            of our ResNets alone, ``models.RESNET_ONLY``, their defaults). Its weights are used
+            as given and trained in place; to resume, pass the same kind of module again.
+
     Returns:
         The run directory.
     """
+    if encoder is not None:  # our ResNet's own keys do not describe it: back to defaults
+        cfg.model.arch = CUSTOM
+        for key, default in RESNET_ONLY.items():
+            setattr(cfg.model, key, default)
+    elif cfg.model.arch == CUSTOM:
+        raise SimCLRError("model.arch=custom trains a module given to the Python API: "
+                          "simclr.pretrain(cfg, run_dir, encoder=module); or choose another "
+                          "model.arch")
     C.validate(cfg)
     device = resolve_device(cfg.train.device)
     joined = not dist.is_dist() and dist.init(device.type)
@@ -197,11 +230,14 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
                 cfg.train.seed, cfg.data.subset, rank=dist.rank(), world_size=dist.world_size(),
                 device=device)
         else:
-            images, _ = load_train(cfg.data)  # uint8 N x C x H x W on the CPU
+            images, labels = load_train(cfg.data)  # uint8 N x C x H x W on the CPU
             if cfg.train.batch_size > images.shape[0]:
                 raise SimCLRError(f"train.batch_size {cfg.train.batch_size} is larger than the "
                                   f"dataset ({images.shape[0]} images); lower it or use more "
                                   "data")
+        labels = _supervised_labels(cfg, images.labels if stream else labels)
+        channels, side = images.shape[0 if stream else 1], images.shape[-1]  # C x S x S
+        check_encoder(cfg.model, channels, side, encoder)  # before any file is written
         if cfg.augment.mean is None or cfg.augment.std is None:  # streamed: one decoding pass
             cfg.augment.mean, cfg.augment.std = channel_stats(images.chunks() if stream
                                                               else images)
@@ -209,10 +245,23 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
             tboard.check_available()
         lock = run_lock(run_dir) if dist.is_main() else contextlib.nullcontext()
         with lock:
-            return _pretrain(cfg, run_dir, force, log, images, device, precision)
+            return _pretrain(cfg, run_dir, force, log, images, device, precision, labels,
+                             encoder)
     finally:
         if joined:
             dist.shutdown()
+
+
+def _supervised_labels(cfg: C.Config, labels: torch.Tensor) -> torch.Tensor | None:
+    """The training labels when ``loss.supervised`` (all must be labeled), else None."""
+    if not cfg.loss.supervised:
+        return None
+    if bool((labels < 0).any()):
+        raise SimCLRError(f"loss.supervised=true takes positives from labels, but "
+                          f"{int((labels < 0).sum())} training images of {cfg.data.name} "
+                          f"({cfg.data.split}) are unlabeled; use a labeled split or "
+                          "loss.supervised=false")
+    return labels
 
 
 def _quiet(*_args, **_kwargs) -> None:
@@ -231,7 +280,9 @@ def use_stream(data: C.Data, device: torch.device) -> bool:
 
 
 def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
-              images: torch.Tensor | StreamLoader, device: torch.device, precision: str) -> Path:
+              images: torch.Tensor | StreamLoader, device: torch.device, precision: str,
+              labels: torch.Tensor | None = None,
+              encoder: torch.nn.Module | None = None) -> Path:
     rank, world, main = dist.rank(), dist.world_size(), dist.is_main()
     if isinstance(images, StreamLoader):
         loader, n, (in_channels, image_size, _) = images, len(images.files), images.shape
@@ -246,7 +297,8 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
 
     torch.manual_seed(cfg.train.seed)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    model = build_model(cfg.model, in_channels, image_size).to(device, memory_format=memory_format)
+    model = build_model(cfg.model, in_channels, image_size, encoder).to(
+        device, memory_format=memory_format)
     if world > 1 and cfg.model.sync_bn:
         model = dist.convert_batchnorm(model)
     optimizer = build_optimizer(model, cfg.optim)
@@ -329,16 +381,21 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
                    disable=not (cfg.train.progress and main), leave=False,
                    dynamic_ncols=True, file=sys.stderr)
         window_steps, t0 = 0, time.perf_counter()
-        for x in loader.batches(epoch, first):
+        batches = loader.batches(epoch, first)
+        ys = batch_labels(loader, labels, epoch, first) if labels is not None else None
+        for x in batches:
             lr = lr_at(step, peak_lr, warmup_steps, total_steps)
             set_lr(optimizer, lr)
-            v1, v2 = two_views(x, cfg.augment, cfg.augment.mean, cfg.augment.std,
-                               step_generator(cfg.train.seed, step, device, stream=rank))
-            views = torch.cat([v1, v2]).contiguous(memory_format=memory_format)  # 2B x C x H x W
-            if tb is not None and step % steps_per_epoch == 0:
-                tb.views(v1, v2, cfg.augment.mean, cfg.augment.std, step)
-            loss = train_step(train_model, optimizer, scaler, views, cfg, device, precision,
-                              rank, gather)
+            views = [v.contiguous(memory_format=memory_format) for v in make_views(
+                x, cfg.augment, cfg.augment.mean, cfg.augment.std,
+                step_generator(cfg.train.seed, step, device, stream=rank))]  # one per size
+            b = x.shape[0]
+            if tb is not None and step % steps_per_epoch == 0 and len(views[0]) >= 2 * b:
+                tb.views(views[0][:b], views[0][b:2 * b], cfg.augment.mean, cfg.augment.std,
+                         step)
+            loss = train_step(train_model, optimizer, scaler,
+                              views[0] if len(views) == 1 else views, cfg, device, precision,
+                              rank, gather, next(ys) if ys is not None else None)
             step, window_steps = step + 1, window_steps + 1
             window_loss += loss
             epoch_loss += loss
@@ -389,7 +446,7 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
     if tb is not None:
         tb.close()
     if main:
-        meta = encoder_meta(cfg, in_channels, image_size, step // steps_per_epoch, step)
+        meta = encoder_meta(cfg, in_channels, image_size, step // steps_per_epoch, step, model)
         export_encoder(run_dir / ENCODER, model.encoder, meta)
         np.save(run_dir / "loss_history.npy", np.asarray(history, dtype=np.float64))
     if step >= total_steps:

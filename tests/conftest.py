@@ -22,6 +22,14 @@ settings.load_profile("simclr")
 
 
 @pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory):
+    """A tiny MNIST-format folder: 96 train images (3 steps of batch 32), 32 test images."""
+    root = tmp_path_factory.mktemp("mnist")
+    write_idx(root, 96, n_test=32)
+    return root
+
+
+@pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A 2-epoch tiny MNIST-format run (128 train / 48 test images) with the online kNN
     monitor every epoch; one per test module."""

@@ -11,13 +11,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from simclr import dist  # noqa: E402
 from simclr.config import build_config  # noqa: E402
-from simclr.loss import nt_xent  # noqa: E402
+from simclr.loss import multi_nt_xent, nt_xent  # noqa: E402
 from simclr.models import build_model  # noqa: E402
 from simclr.optim import build_optimizer, set_lr  # noqa: E402
 from simclr.train import train_step  # noqa: E402
 
 N, D, T = 6, 5, 0.3  # rows per rank, projection dim, temperature
 BATCH = 4  # images per rank in the training-step check
+VIEWS = 3  # views per image in the multi-view loss check
+
+
+def global_multi_z(world: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """V x (N x world) x D projections and N x world labels (3 classes) of the global batch."""
+    g = torch.Generator().manual_seed(2)
+    return (torch.randn(VIEWS, N * world, D, generator=g, dtype=torch.float64),
+            torch.randint(0, 3, (N * world,), generator=g))
 
 
 def global_z(world: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,10 +34,13 @@ def global_z(world: int) -> tuple[torch.Tensor, torch.Tensor]:
             torch.randn(N * world, D, generator=g, dtype=torch.float64))
 
 
-def step_config():
+def step_config(sized: bool = False):
+    """The step checks' config; ``sized``: 2 views at 16 px + 2 at 8 px (global BN per size)."""
+    views = {"augment.views": [[2, 1], [2, 0.5]]} if sized else {}
     return build_config(overrides={"model.width": 0.0625, "model.proj_dim": 8,
                                    "model.proj_bn": True, "optim.name": "lars",
-                                   "optim.weight_decay": 1e-4, "train.precision": "fp32"})
+                                   "optim.weight_decay": 1e-4, "train.precision": "fp32",
+                                   **views})
 
 
 def global_views(world: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,18 +50,33 @@ def global_views(world: int) -> tuple[torch.Tensor, torch.Tensor]:
             torch.randn(shape, generator=g, dtype=torch.float64))
 
 
+def global_sized_views(world: int) -> list[torch.Tensor]:
+    """Per view size (16 px, 8 px): 2 views x (BATCH x world) images x 3 x S x S."""
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(2, BATCH * world, 3, side, side, generator=g, dtype=torch.float64)
+            for side in (16, 8)]
+
+
+def view_major(views: list[torch.Tensor], rows: slice) -> list[torch.Tensor]:
+    """The images ``rows`` of each size's views, as the loop passes them: (2 x n) x 3 x S x S."""
+    return [v[:, rows].reshape(-1, *v.shape[2:]) for v in views]
+
+
 def make_model(cfg):
     torch.manual_seed(0)
     return build_model(cfg.model, 3, 16).double()
 
 
 def run_steps(model, train_model, cfg, v1, v2, rank=0, gather=None, steps=2):
+    return run_view_steps(model, train_model, cfg, torch.cat([v1, v2]), rank, gather, steps)
+
+
+def run_view_steps(model, train_model, cfg, views, rank=0, gather=None, steps=2):
     optimizer = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     losses = []
     for _ in range(steps):
         set_lr(optimizer, 0.5)
-        views = torch.cat([v1, v2])
         losses.append(train_step(train_model, optimizer, scaler, views, cfg,
                                  torch.device("cpu"), "fp32", rank, gather).item())
     return losses
@@ -65,12 +91,25 @@ def main(mode: str, out: Path) -> None:
         loss = nt_xent(z1, z2, T, rank=rank, gather=dist.gather_with_grad)
         loss.backward()
         torch.save({"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad}, out / f"rank{rank}.pt")
-    elif mode == "step":
-        cfg = step_config()
+    elif mode == "views":
+        z, labels = global_multi_z(world)
+        local = z[:, rows].reshape(VIEWS * N, D).requires_grad_()  # view-major
+        results = {}
+        for name, lab in (("self", None), ("supervised", labels[rows])):
+            loss = multi_nt_xent(local, VIEWS, T, rank=rank, gather=dist.gather_with_grad,
+                                 labels=lab)
+            results[name] = (loss.detach(), torch.autograd.grad(loss, local)[0])
+        torch.save(results, out / f"rank{rank}.pt")
+    elif mode in ("step", "sized_step"):
+        cfg = step_config(sized=mode == "sized_step")
         model = dist.convert_batchnorm(make_model(cfg))
         ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
-        v1, v2 = (v[rank * BATCH:(rank + 1) * BATCH] for v in global_views(world))
-        losses = run_steps(model, ddp, cfg, v1, v2, rank, dist.gather_with_grad)
+        if mode == "step":
+            v1, v2 = (v[rank * BATCH:(rank + 1) * BATCH] for v in global_views(world))
+            losses = run_steps(model, ddp, cfg, v1, v2, rank, dist.gather_with_grad)
+        else:
+            views = view_major(global_sized_views(world), slice(rank * BATCH, (rank + 1) * BATCH))
+            losses = run_view_steps(model, ddp, cfg, views, rank, dist.gather_with_grad)
         global_losses = [float(dist.reduce_mean(torch.tensor(x, dtype=torch.float64)))
                          for x in losses]
         torch.save({"state": model.state_dict(), "losses": global_losses}, out / f"rank{rank}.pt")

@@ -340,3 +340,4 @@ def test_preview_png(tmp_path, c):
     again = tmp_path / "again.png"
     A.preview(images(n, c, side), Augment(), mean, std, again, n_views=views, seed=1)
     assert again.read_bytes() == path.read_bytes()
+

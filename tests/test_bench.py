@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from simclr import allocator
 from simclr.bench import bench_one, matrix
 from simclr.config import build_config
-from simclr.loss import nt_xent
+from simclr.loss import multi_nt_xent, nt_xent
 from simclr.models import build_model
 
 REPO = Path(__file__).parent.parent
@@ -31,6 +31,17 @@ def test_bench_row_is_consistent():
     with counter:
         _, z = model(torch.rand(16, 1, 28, 28))
         nt_xent(z[:8], z[8:], 0.5).backward()
+    assert row["gflop_per_step"] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-6)
+
+
+def test_bench_steps_views_of_several_sizes():
+    cfg = build_config(overrides={**TINY, "augment.views": [[2, 1], [4, 0.5]]})
+    row = bench_one(cfg, steps=1, warmup=1, windows=1)
+    model = build_model(cfg.model, 1, 28)
+    counter = FlopCounterMode(display=False)
+    with counter:  # the encoder on 2B full-size and 4B half-size views, the head on all
+        _, z = model([torch.rand(16, 1, 28, 28), torch.rand(32, 1, 14, 14)])
+        multi_nt_xent(z, 6, 0.5).backward()
     assert row["gflop_per_step"] == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-6)
 
 

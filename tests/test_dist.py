@@ -1,6 +1,7 @@
 """Distributed SimCLR on CPU with gloo, 2 processes started by torchrun: the gathered NT-Xent
-and a whole training step equal one process on the global batch; end-to-end runs and resume
-across process counts; a failing rank ends the job."""
+(two views, and V views with and without labels) and a whole training step equal one process
+on the global batch; end-to-end runs and resume across process counts; a failing rank ends the
+job."""
 
 import os
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from simclr.loss import nt_xent
+from simclr.loss import multi_nt_xent, nt_xent
 from tests import dist_worker as W
 from tests.formats import write_idx
 
@@ -46,6 +47,20 @@ def test_gathered_loss_and_z_gradients_equal_one_process(tmp_path):
         torch.testing.assert_close(part["g2"] / 2, z2.grad[rows], rtol=1e-9, atol=1e-12)
 
 
+def test_multi_view_loss_and_gradients_equal_one_process(tmp_path):
+    ranks = worker("views", tmp_path)
+    z, labels = W.global_multi_z(2)
+    for name, lab in (("self", None), ("supervised", labels)):
+        flat = z.reshape(W.VIEWS * 2 * W.N, W.D).clone().requires_grad_()  # view-major
+        loss = multi_nt_xent(flat, W.VIEWS, W.T, labels=lab)
+        grad = torch.autograd.grad(loss, flat)[0].view(W.VIEWS, 2 * W.N, W.D)
+        torch.testing.assert_close((ranks[0][name][0] + ranks[1][name][0]) / 2, loss.detach(),
+                                   rtol=1e-12, atol=1e-12, msg=name)
+        for r, part in enumerate(ranks):  # each rank's rows: its slice of every view
+            mine = grad[:, r * W.N:(r + 1) * W.N].reshape(W.VIEWS * W.N, W.D)
+            torch.testing.assert_close(part[name][1] / 2, mine, rtol=1e-9, atol=1e-12, msg=name)
+
+
 def test_two_training_steps_equal_one_process(tmp_path):
     ranks = worker("step", tmp_path)
     cfg = W.step_config()
@@ -57,6 +72,18 @@ def test_two_training_steps_equal_one_process(tmp_path):
     for part in ranks:  # encoder, head, global BatchNorm statistics and LARS all agree
         assert part["state"].keys() == reference.keys()
         for k, v in reference.items():
+            torch.testing.assert_close(part["state"][k], v, rtol=1e-8, atol=1e-10, msg=k)
+
+
+def test_steps_on_views_of_two_sizes_equal_one_process(tmp_path):
+    ranks = worker("sized_step", tmp_path)
+    cfg = W.step_config(sized=True)
+    model = W.make_model(cfg)
+    views = W.view_major(W.global_sized_views(2), slice(None))
+    losses = W.run_view_steps(model, model, cfg, views)
+    assert ranks[0]["losses"] == pytest.approx(losses, rel=1e-10)
+    for part in ranks:  # global BatchNorm per size group, the multi-view gather, LARS
+        for k, v in model.state_dict().items():
             torch.testing.assert_close(part["state"][k], v, rtol=1e-8, atol=1e-10, msg=k)
 
 

@@ -1,11 +1,12 @@
-"""NT-Xent against a loop-by-loop reference of the paper's Algorithm 1 and known values."""
+"""NT-Xent against loop-by-loop references (the paper's Algorithm 1; Khosla et al. eq. 2 for V
+views) and known values."""
 
 import math
 
 import pytest
 import torch
 
-from simclr.loss import nt_xent
+from simclr.loss import multi_nt_xent, nt_xent
 
 
 def algorithm1(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:
@@ -75,3 +76,99 @@ def test_gather_identity_is_one_process():
     z1, z2 = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
     assert nt_xent(z1, z2, 0.5, gather=lambda t: t).item() == pytest.approx(
         nt_xent(z1, z2, 0.5).item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- V views, several positives
+
+
+def multi_reference(z: torch.Tensor, views: int, t: float, labels=None) -> float:
+    """Khosla et al. 2020 eq. 2 (L_out), loop by loop: for every anchor i, the mean over its
+    positives p of -log(exp(s_ip / t) / sum_{a != i} exp(s_ia / t)); the mean over anchors.
+    Rows are view-major (row v*N + k is view v of image k)."""
+    rows = [r.tolist() for r in z]
+    total = len(rows)
+    n = total // views
+    group = [labels[k % n] if labels is not None else k % n for k in range(total)]
+
+    def sim(u, v):
+        dot = sum(a * b for a, b in zip(u, v, strict=True))
+        return dot / (math.sqrt(sum(a * a for a in u)) * math.sqrt(sum(b * b for b in v)))
+
+    loss = 0.0
+    for i in range(total):
+        den = sum(math.exp(sim(rows[i], rows[a]) / t) for a in range(total) if a != i)
+        positives = [p for p in range(total) if p != i and group[p] == group[i]]
+        loss += sum(-math.log(math.exp(sim(rows[i], rows[p]) / t) / den)
+                    for p in positives) / len(positives)
+    return loss / total
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("n,d,t", [(1, 3, 0.5), (5, 8, 0.1), (16, 4, 1.0), (7, 32, 0.07)])
+def test_multi_view_with_two_views_is_nt_xent(n, d, t):
+    z = randn(2 * n, d, seed=n)
+    multi = multi_nt_xent(z, 2, t)
+    assert abs(float(multi) - float(nt_xent(z[:n], z[n:], t))) < 1e-12
+    assert abs(float(multi) - algorithm1(z[:n], z[n:], t)) < 1e-12
+
+
+@pytest.mark.parametrize("views,n,t", [(3, 4, 0.5), (4, 3, 0.2), (6, 2, 1.0), (8, 1, 0.1)])
+def test_multi_view_matches_the_loop_reference(views, n, t):
+    z = randn(views * n, 5, seed=views)
+    assert float(multi_nt_xent(z, views, t)) == pytest.approx(multi_reference(z, views, t),
+                                                               rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("views,n", [(3, 1), (4, 8), (6, 5)])
+def test_multi_view_uniform_similarity_gives_log_vn_minus_1(views, n):
+    z = torch.ones(views * n, 3, dtype=torch.float64)
+    assert float(multi_nt_xent(z, views, 0.5)) == pytest.approx(math.log(views * n - 1),
+                                                                 rel=1e-12)
+
+
+def test_multi_view_does_not_depend_on_the_order_of_views():
+    views, n = 4, 5
+    z = randn(views * n, 6, seed=1)
+    blocks = list(z.split(n))
+    shuffled = torch.cat([blocks[2], blocks[0], blocks[3], blocks[1]])
+    assert float(multi_nt_xent(shuffled, views, 0.3)) == pytest.approx(
+        float(multi_nt_xent(z, views, 0.3)), rel=1e-12)
+
+
+def test_supervised_positives_come_from_labels():
+    views, n = 3, 6
+    z = randn(views * n, 4, seed=2)
+    labels = torch.tensor([0, 1, 0, 2, 1, 0])
+    got = float(multi_nt_xent(z, views, 0.4, labels=labels))
+    assert got == pytest.approx(multi_reference(z, views, 0.4, labels.tolist()), rel=1e-12)
+    # labels that are all distinct give back the self-supervised loss
+    assert float(multi_nt_xent(z, views, 0.4, labels=torch.arange(n))) == pytest.approx(
+        float(multi_nt_xent(z, views, 0.4)), rel=1e-12)
+
+
+def test_multi_view_gradient_matches_the_reference():
+    views, n, t = 3, 3, 0.3
+    z = randn(views * n, 4, seed=3).requires_grad_()
+    multi_nt_xent(z, views, t).backward()
+    eps = 1e-6
+    for i, j in [(0, 1), (4, 0), (8, 3)]:
+        plus, minus = z.detach().clone(), z.detach().clone()
+        plus[i, j] += eps
+        minus[i, j] -= eps
+        numeric = (multi_reference(plus, views, t) - multi_reference(minus, views, t)) / (2 * eps)
+        assert z.grad[i, j].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
+
+
+def test_multi_view_gather_identity_is_one_process():
+    z = randn(12, 8, seed=4)
+    assert float(multi_nt_xent(z, 3, 0.5, gather=lambda t: t)) == pytest.approx(
+        float(multi_nt_xent(z, 3, 0.5)), rel=1e-12)
+
+
+def test_multi_view_float32_and_bf16_inputs_compute_in_float32():
+    z = randn(12, 8, seed=5).float()
+    assert multi_nt_xent(z, 3, 0.5).dtype == torch.float32
+    assert multi_nt_xent(z.bfloat16(), 3, 0.5).dtype == torch.float32

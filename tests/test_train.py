@@ -15,16 +15,8 @@ from simclr.config import build_config
 from simclr.errors import SimCLRError
 from simclr.runtime import cpu_has_bf16
 from simclr.train import pretrain
-from tests.formats import write_idx
 
-N, BATCH = 96, 32  # 3 steps per epoch
-
-
-@pytest.fixture(scope="module")
-def mnist_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mnist")
-    write_idx(root, N, n_test=32)
-    return root
+N, BATCH = 96, 32  # 3 steps per epoch: the conftest's mnist_root
 
 
 def tiny(root, **extra):
