@@ -37,12 +37,24 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
 
 
+def cuda_has_bf16(device: torch.device) -> bool:
+    """True when the CUDA GPU computes bf16 natively: compute capability >= 8.0 (Ampere on).
+
+    Not ``torch.cuda.is_bf16_supported()``: by default it also counts emulation, so it says
+    True on a V100 or T4, where bf16 runs emulated and much slower than fp16. On ROCm (whose
+    capability numbers are not NVIDIA's) torch's answer is kept.
+    """
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> bf16 where the device computes it natively, fp16 on older CUDA, else fp32."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_bf16(device) else "fp16"
     if device.type == "cpu" and cpu_has_bf16():
         return "bf16"
     return "fp32"
