@@ -287,6 +287,7 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
             monitor = eval_data(cfg)  # labeled train (bank) + test images, uint8 on the CPU
         except SimCLRError as e:
             log(f"kNN monitor off: {e}")
+    dist.wait_for_main()  # rank 0 alone loaded the monitor's images
 
     def guard_finite() -> None:
         """Stop (every rank) before a non-finite loss reaches a checkpoint or the log."""
@@ -306,6 +307,7 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
                 "scaler": scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
                 "elapsed": elapsed, "loss_history": history, "epoch_loss_sum": epoch_total,
                 "config": cfg.to_dict(), "rng": rng_state()})
+        dist.wait_for_main()  # the others wait for the write without a collective's timeout
 
     streamed = f" streamed by {loader.workers} workers" if isinstance(loader, StreamLoader) else ""
     log(f"simclr: {cfg.data.name} {n} images {in_channels}x{image_size}x{image_size}{streamed}, "
@@ -376,8 +378,8 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
                     "lr": lr, "time": elapsed})
             log(f"epoch {epoch + 1}/{cfg.train.epochs} loss {history[-1]:.4f} lr {lr:.4g} "
                 f"time {elapsed:.0f}s{knn}")
+        dist.wait_for_main()  # for rank 0's kNN monitor, before checkpoint()'s collectives
         checkpoint()
-        dist.barrier()  # the other ranks wait for rank 0's checkpoint and monitor
 
     if tb is not None:
         tb.close()
