@@ -14,10 +14,11 @@ from simclr.errors import SimCLRError
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda > mps > cpu; anything else must exist on this machine."""
+    """``auto`` -> cuda > mps > cpu; anything else must exist on this machine. A CUDA device
+    also gets :func:`cuda_fast_paths`."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return cuda_fast_paths(torch.device("cuda"))
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -28,6 +29,19 @@ def resolve_device(name: str) -> torch.device:
             from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SimCLRError("train.device is cuda but no CUDA GPU is visible; use train.device=cpu")
+    return cuda_fast_paths(device) if device.type == "cuda" else device
+
+
+def cuda_fast_paths(device: torch.device) -> torch.device:
+    """Turn on cuDNN autotuning (every step has the same shapes) and TF32 for float32 matmuls
+    on CUDA (those outside autocast: fp32 runs, NT-Xent's similarities); returns ``device``.
+
+    The CUDA switch ``allow_tf32`` rather than ``set_float32_matmul_precision``, which also
+    changes CPU (oneDNN) matmuls. Autotuning picks algorithms per process, one more reason GPU
+    runs repeat only up to floating-point noise.
+    """
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
     return device
 
 

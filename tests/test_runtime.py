@@ -27,3 +27,26 @@ def test_auto_precision_on_cpu(monkeypatch):
     assert runtime.resolve_precision("auto", torch.device("cpu")) == "fp32"
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     assert runtime.resolve_precision("auto", torch.device("cpu")) == "bf16"
+
+
+@pytest.fixture
+def cuda_flags():
+    """Save and restore the global cuDNN / cuBLAS switches a test changes."""
+    matmul = torch.backends.cuda.matmul
+    saved = torch.backends.cudnn.benchmark, matmul.allow_tf32
+    torch.backends.cudnn.benchmark, matmul.allow_tf32 = False, False
+    yield
+    torch.backends.cudnn.benchmark, matmul.allow_tf32 = saved
+
+
+def test_cuda_device_turns_on_cudnn_autotuning_and_tf32_only_for_cuda(monkeypatch, cuda_flags):
+    assert runtime.resolve_device("cpu") == torch.device("cpu")
+    assert not torch.backends.cudnn.benchmark and not torch.backends.cuda.matmul.allow_tf32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.resolve_device("cuda:1") == torch.device("cuda", 1)
+    assert torch.backends.cudnn.benchmark and torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.benchmark = False
+    assert runtime.resolve_device("auto") == torch.device("cuda")
+    assert torch.backends.cudnn.benchmark
+    mkldnn = getattr(torch.backends.mkldnn, "matmul", None)  # CPU matmuls keep full fp32
+    assert mkldnn is None or mkldnn.fp32_precision != "tf32"
