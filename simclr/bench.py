@@ -84,7 +84,7 @@ def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3) 
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step_model = torch.compile(model) if cfg.train.compile else model
     premade = torch.cat(two_views(images[:batch], cfg.augment, mean, std,
-                                  step_generator(0, 0, device))).contiguous(memory_format=fmt)
+                                  step_generator(0, 0))).contiguous(memory_format=fmt)
 
     def bare() -> None:
         train_step(step_model, optimizer, scaler, premade, cfg, device, precision)
@@ -101,7 +101,7 @@ def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3) 
     def full() -> None:
         step = next(counter)
         v1, v2 = two_views(next(stream), cfg.augment, mean, std,
-                           step_generator(cfg.train.seed, step, device))
+                           step_generator(cfg.train.seed, step))
         views = torch.cat([v1, v2]).contiguous(memory_format=fmt)
         train_step(step_model, optimizer, scaler, views, cfg, device, precision)
 

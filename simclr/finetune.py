@@ -75,7 +75,7 @@ def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device:
     peak = scaled_lr(f.lr, batch, "linear")
     aug = replace(cfg.augment, jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # crop + flip only
     mean, std = enc.mean.flatten().tolist(), enc.std.flatten().tolist()
-    g = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    g = torch.Generator().manual_seed(cfg.train.seed)  # CPU draws: the same on any device
     step, t0 = 0, time.perf_counter()
     for epoch in range(f.epochs):
         perm = loader.permutation(epoch)

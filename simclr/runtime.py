@@ -122,8 +122,24 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def step_generator(seed: int, counter: int, device: torch.device, stream: int = 0):
-    """A generator on ``device`` seeded from (seed, stream, counter) by a splitmix64 hash."""
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``: itself when already there; from the CPU to a GPU through pinned
+    memory with ``non_blocking``, so the copy does not wait for the GPU's queue to drain."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def step_generator(seed: int, counter: int, device: torch.device | str = "cpu",
+                   stream: int = 0) -> torch.Generator:
+    """A generator on ``device`` seeded from (seed, stream, counter) by a splitmix64 hash.
+
+    Training keeps the default, the CPU: a CUDA generator's stream differs from a CPU one's for
+    the same seed, so draws made on the CPU are what make a step's views the same whatever the
+    training device (and a resume on another device a replay).
+    """
     x = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + counter) & (2**64 - 1)
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)
