@@ -56,8 +56,9 @@ class TensorLoader:
 
     Each epoch is a permutation of ``(seed, epoch)`` alone (drawn on the CPU, moved to the
     images' device), so any epoch (and any step in it) can be regenerated for an exact resume,
-    on any device. Batches drop the last incomplete one. Under DDP every rank builds the same permutation and takes its
-    contiguous ``batch_size // world_size`` slice of each global batch.
+    on any device. Batches drop the last incomplete one. Under DDP every rank builds the same
+    permutation and takes its contiguous ``batch_size // world_size`` slice of each global
+    batch.
 
     Args:
         images: N x C x H x W (any dtype; uint8 in training).
