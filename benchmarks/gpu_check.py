@@ -251,20 +251,14 @@ def step_torchrun(s: Sizes, work: Path, data: Path, timeout: float = 180) -> dic
     return r
 
 
-def _last_step(run_dir: Path) -> int:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        return max((json.loads(x)["step"] for x in lines if x.endswith("}")), default=0)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
-
-
 def step_kill_resume(s: Sizes, work: Path, data: Path, timeout: float = 300) -> dict[str, Any]:
     """An uninterrupted run; the same run SIGKILLed once its log passes ``kill_at``, then the
     same command again: it must resume from the last checkpoint and end with the encoder of
     the uninterrupted run (exactly on a CPU; up to floating-point noise on a GPU)."""
     import torch
     from safetensors.torch import load_file
+
+    from tests.helpers import last_step  # the reliability tests' own kill point
 
     subset = [f"--data.subset={s.resume_subset}"] if s.resume_subset else []
     args = [*common(s, data), *subset, f"--train.epochs={s.resume_epochs}",
@@ -277,9 +271,9 @@ def step_kill_resume(s: Sizes, work: Path, data: Path, timeout: float = 300) -> 
     proc = subprocess.Popen(simclr_cmd("pretrain", "--run-dir", str(crashed), *args), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
-    while _last_step(crashed) < s.kill_at and proc.poll() is None and time.monotonic() < deadline:
+    while last_step(crashed) < s.kill_at and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
-    killed_at = _last_step(crashed)
+    killed_at = last_step(crashed)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     if proc.returncode != -signal.SIGKILL:
@@ -297,7 +291,7 @@ def step_kill_resume(s: Sizes, work: Path, data: Path, timeout: float = 300) -> 
                for k in a if a[k].is_floating_point())
     final = torch.load(crashed / "checkpoint.pt", weights_only=True)["step"]
     resumed_line = f"resuming at step {resumed_from}" in again["head"] or resumed_from == 0
-    ok = resumed_line and final == _last_step(work / "straight") and diff < 1e-2 and \
+    ok = resumed_line and final == last_step(work / "straight") and diff < 1e-2 and \
         (exact or s.device != "cpu")
     return {"ok": ok, "rc": again["rc"], "seconds": round(time.perf_counter() - start, 2),
             "killed_at_step": killed_at, "resumed_from_step": resumed_from,

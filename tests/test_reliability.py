@@ -1,7 +1,6 @@
 """Crash safety (SIGKILL, then the same command again), the run-dir lock, and safe loading of
 checkpoints."""
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 
 from simclr.checkpoint import run_lock
 from tests.formats import write_idx
+from tests.helpers import last_step
 
 REPO = Path(__file__).parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -33,14 +33,6 @@ def args(root, run_dir, *extra):
             "--model.width=0.0625", "--model.proj_dim=16", "--train.batch_size=32",
             "--train.epochs=5", "--train.log_every=1", "--train.checkpoint_every=2",
             "--train.progress=false", "--optim.warmup_epochs=1", *extra]
-
-
-def last_step(run_dir: Path) -> int:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        return max((json.loads(x)["step"] for x in lines if x.endswith("}")), default=0)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
 
 
 def kill_at(root, run_dir, step: int) -> None:
