@@ -22,8 +22,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: this tree's simclr, no install needed
     sys.path.insert(0, str(REPO))
@@ -31,6 +29,8 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     [str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])),
     "PYTHONUNBUFFERED": "1", "SIMCLR_NO_CONTENTION_WARNING": "1"}
 NO_GPU = "no CUDA GPU found"
+
+from benchmarks.gpu_report import GOALS, LABELS, fastest, summary, table  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,6 @@ TINY = Sizes(device="cpu", n_train=320, n_test=64, batch=32, width=0.0625, preci
              bench_steps=1, bench_windows=1, bench_warmup=1, compile_rows=False, tests=False,
              resume_subset=0, resume_epochs=2, kill_at=7, checkpoint_every=3,
              torchrun_subset=0)
-GOALS = {"epoch_s": 2.0, "full_over_bare": 0.9}  # issue 14, for an H200
 
 
 NEEDS = ("torch", "numpy", "PIL", "yaml", "safetensors", "sklearn", "scipy", "tqdm",
@@ -124,6 +123,8 @@ def write_cifar10_binary(root: Path, n_train: int, n_test: int, seed: int = 0) -
     """CIFAR-10's official binary files under ``root/cifar-10-batches-bin/``: five train batches
     (``n_train`` in all) and one test batch of 3073-byte records (label byte + 3 x 32 x 32
     pixels, channel-major), random pixels and labels from ``seed``. Returns ``root``."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     folder = Path(root) / "cifar-10-batches-bin"
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,7 +202,7 @@ def step_bench(s: Sizes, work: Path, mode: str, timeout: float = 300) -> dict[st
     return r
 
 
-def bench_graphs(argv: list[str]) -> None:
+def bench_graphs(argv: list[str]) -> int:
     """``simclr bench`` with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs): not a
     config value, so this process calls bench_one itself."""
     from simclr.bench import bench_one, environment, format_rows
@@ -217,6 +218,7 @@ def bench_graphs(argv: list[str]) -> None:
     row = bench_one(cfg, args.steps, args.warmup, args.windows, compile_mode="reduce-overhead")
     print(format_rows([row]))
     args.json.write_text(json.dumps({"environment": environment(), "rows": [row]}, indent=2))
+    return 0
 
 
 def epoch_times(run_dir: Path) -> list[float]:
@@ -299,65 +301,6 @@ def step_kill_resume(s: Sizes, work: Path, data: Path, timeout: float = 300) -> 
             "tail": again["tail"]}
 
 
-# ------------------------------------------------------------------------------ the report
-
-
-def fastest(results: dict[str, dict]) -> str | None:
-    """The bench mode (eager / compile / graphs) with the highest full-step images/s."""
-    rows = {m: r for m, r in results.items() if m.startswith("bench_") and r.get("ok")}
-    if not rows:
-        return None
-    return max(rows, key=lambda m: rows[m]["full_img_s"]).removeprefix("bench_")
-
-
-def summary(name: str, r: dict[str, Any]) -> str:
-    """The figures column of the table for one step's result."""
-    if r.get("skipped"):
-        return f"skipped: {r['skipped']}"
-    if not r.get("ok"):
-        lines = [x for x in str(r.get("tail", "")).strip().splitlines() if x.strip()]
-        why = lines[-1][:110] if lines else f"exit {r.get('rc')}"
-        return f"FAILED ({r.get('stage', 'rc ' + str(r.get('rc')))}): {why}"
-    if name == "tests":
-        return (f"{r.get('passed', 0)} passed, {r.get('skipped', 0)} skipped, "
-                f"{r.get('failed', 0)} failed in {r['seconds']:.0f} s")
-    if name.startswith("bench_"):
-        goal = "met" if r["ratio"] >= GOALS["full_over_bare"] else "NOT met"
-        return (f"bare {r['bare_img_s']:.0f} img/s, full {r['full_img_s']:.0f} img/s, "
-                f"full/bare {r['ratio']:.3f} (goal >= {GOALS['full_over_bare']}: {goal}), "
-                f"{r['bare_gflop_s'] / 1000:.1f} TFLOP/s bare, {r['peak_mem_mb']:.0f} MB")
-    if name == "epoch":
-        goal = "met" if r["epoch2_s"] <= GOALS["epoch_s"] else "NOT met"
-        return (f"epoch 2: {r['epoch2_s']:.2f} s = {r['images_per_s']:.0f} img/s (goal <= "
-                f"{GOALS['epoch_s']:g} s: {goal}); epoch 1 (autotuning): {r['epoch1_s']:.2f} s; "
-                f"2 epochs end to end {r['wall_2_epochs_s']:.1f} s")
-    if name == "kill_resume":
-        return (f"killed at step {r['killed_at_step']}, resumed from {r['resumed_from_step']}, "
-                f"ended at {r['final_step']}; encoder vs uninterrupted: "
-                + ("identical" if r["encoder_exact"] else f"rel diff {r['encoder_rel_diff']:.1e}"))
-    return f"done in {r['seconds']:.1f} s"
-
-
-LABELS = {"tests": "cuda tests", "bench_eager": "bench eager", "bench_compile": "bench compile",
-          "bench_graphs": "bench CUDA graphs", "epoch": "CIFAR epoch", "torchrun":
-          "torchrun nproc=1", "kill_resume": "kill -9 + resume"}
-
-
-def table(env: dict[str, Any], s: Sizes, results: dict[str, dict]) -> str:
-    head = (f"gpu_check: {env['gpu']}"
-            + (f" (sm {env['capability']}, {env['gpu_memory_gib']} GiB, driver "
-               f"{env.get('driver')})" if s.device == "cuda" else "")
-            + f", torch {env['torch']}, CUDA {env['cuda']}, cuDNN {env.get('cudnn')}, "
-            f"ResNet-18 x{s.width:g}, batch {s.batch}, {s.precision}, commit {env['commit']}")
-    width = max(len(v) for v in LABELS.values())
-    rows = [f"{LABELS[k]:<{width}}  {'ok' if r.get('ok') else '--' if r.get('skipped') else 'FAIL'}"
-            f"  {summary(k, r)}" for k, r in results.items()]
-    best = fastest(results)
-    if best:
-        rows.append(f"{'fastest step':<{width}}  {best}")
-    return "\n".join([head, *rows])
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "gpu")
@@ -414,9 +357,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from simclr.cli import exit_now  # no native exit handlers (see its docstring)
-
-    if sys.argv[1:2] == ["--bench-graphs"]:
-        bench_graphs(sys.argv[2:])
-        exit_now(0)
-    exit_now(main())
+    code = bench_graphs(sys.argv[2:]) if sys.argv[1:2] == ["--bench-graphs"] else main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # as simclr.cli.exit_now: skip native exit handlers (torch CPU builds crash)
