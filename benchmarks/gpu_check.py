@@ -170,7 +170,7 @@ def common(s: Sizes, data: Path) -> list[str]:
 # ------------------------------------------------------------------------------ the steps
 
 
-def step_tests(s: Sizes, work: Path, timeout: float = 300) -> dict[str, Any]:
+def step_tests(s: Sizes, work: Path, timeout: float = 360) -> dict[str, Any]:
     """``pytest -m cuda`` over tests/test_cuda.py; the counts of its summary line."""
     r = run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
              str(REPO / "tests" / "test_cuda.py")], timeout, cwd=REPO)
