@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def train(x: torch.Tensor) -> None:
             v1, v2 = two_views(x, cfg.augment, mean, std,
-                               step_generator(0, next(counter), device))
+                               step_generator(0, next(counter)))
             views = torch.cat([v1, v2]).contiguous(memory_format=fmt)
             train_step(model, optimizer, scaler, views, cfg, device, precision)
 

@@ -1,10 +1,15 @@
 """Batched SimCLR augmentations with per-sample random parameters, on the input's device.
 
 Every op takes a B x C x H x W batch in [0, 1] (C = 1 or 3; uint8 is scaled by 1/255), works in
-float32 with autocast off, draws all its random numbers with an explicit ``torch.Generator`` on
-the input's device (same generator state -> same output, so views are a pure function of the
-generator's seed), and applies itself to each sample with probability ``p`` (p=0: exactly the
-identity, p=1: always). No Python loop runs over samples.
+float32 with autocast off, draws all its random numbers with an explicit ``torch.Generator``
+(same generator state -> same output, so views are a pure function of the generator's seed),
+and applies itself to each sample with probability ``p`` (p=0: exactly the identity, p=1:
+always). No Python loop runs over samples.
+
+Draws are made on the generator's device and moved to the images' device. Training uses CPU
+generators whatever its device, so the draws of a step are the same on any device (a run may
+resume on another one), and which samples a jitter round's hue or the blur touches is known on
+the host: those ops then compute only the selected samples, without a GPU sync.
 
 The recipe follows google-research/simclr (tf2 ``data_util.py``); where it deviates, the
 docstring says so and why.
@@ -23,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from simclr.config import Augment
+from simclr.runtime import to_device
 
 # ITU-R 601 luma weights; tf.image.rgb_to_grayscale (the reference) uses 0.2989 for red, which
 # differs by at most 0.0001 (0.03 of one 8-bit level).
@@ -57,8 +63,14 @@ def _const(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32, device=device)
 
 
+def _draw(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    """Uniforms in [0, 1) on the generator's own device."""
+    return torch.rand(*shape, generator=generator, device=generator.device)
+
+
 def _rand(x: torch.Tensor, generator: torch.Generator, *shape: int) -> torch.Tensor:
-    return torch.rand(*shape, generator=generator, device=x.device)
+    """Uniforms drawn by ``generator`` (on its device), on x's device."""
+    return to_device(_draw(generator, *shape), x.device)
 
 
 def _mask(m: torch.Tensor) -> torch.Tensor:
@@ -268,17 +280,21 @@ def _on_samples(fn: Callable[..., torch.Tensor], x: torch.Tensor, sel: torch.Ten
     """x with ``fn(x, *params)`` applied to the samples where ``sel`` (B bool), others unchanged.
 
     ``fn`` maps a sub-batch and its per-sample ``params`` (leading dim B) to the sub-batch's
-    shape. By index (default on CPU) only the selected samples are computed, written into x
-    itself if ``inplace``; elsewhere (GPUs) all are and a mask picks, which avoids a host sync.
-    Both give the same values.
+    shape; ``sel`` and ``params`` may live on another device than x (the generator's). By index
+    (default where ``sel`` is on the CPU, so finding the samples needs no GPU sync) only the
+    selected samples are computed, written into x itself if ``inplace``; otherwise (``sel`` on a
+    GPU) all are and a mask picks. Both give the same values.
     """
-    if x.device.type == "cpu" if by_index is None else by_index:
+    if sel.device.type == "cpu" if by_index is None else by_index:
         idx = sel.nonzero().squeeze(1)
         if not idx.numel():
             return x
-        out = fn(x[idx], *(p[idx] for p in params))
+        params = [to_device(p[idx], x.device) for p in params]
+        idx = to_device(idx, x.device)
+        out = fn(x[idx], *params)
         return x.index_copy_(0, idx, out) if inplace else x.index_copy(0, idx, out)
-    return torch.where(_mask(sel), fn(x, *params), x)
+    params = [to_device(p, x.device) for p in params]
+    return torch.where(_mask(to_device(sel, x.device)), fn(x, *params), x)
 
 
 def _jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
@@ -294,13 +310,15 @@ def _jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor,
         factors: B x 4: brightness, contrast, saturation factors and hue shift (turns);
             (1, 1, 1, 0) is the exact identity.
         order: B x 4 long: op index (0 bright, 1 contrast, 2 saturation, 3 hue) at each round.
+            ``factors`` and ``order`` may live on another device than x (see the module doc).
         by_index: see ``_on_samples``.
     """
     f = factors.gather(1, order)  # B x 4: factor of each round's op
     a = torch.where(order < 3, f, 1.0)
     b = torch.where(order == 1, 1 - f, 0.0)  # contrast: (x - mean) * f + mean
     g = torch.where(order == 2, 1 - f, 0.0)  # saturation: (x - gray) * f + gray
-    shift = torch.where(order == 3, f, 0.0)
+    shift = torch.where(order == 3, f, 0.0)  # stays on the draws' device: it selects samples
+    a, b, g = to_device(torch.stack([a, b, g]), x.device)  # one copy for the three
     B, C = x.shape[:2]
     luma = _const(LUMA if C == 3 else (0.0,), x.device)
     eye = torch.eye(C, device=x.device)
@@ -345,14 +363,14 @@ def color_jitter(x: torch.Tensor, strength: float, p: float, generator: torch.Ge
     mags = [0.8 * strength if m is None else m for m in (brightness, contrast, saturation)]
     h = 0.2 * strength if hue is None else hue
     B = x.shape[0]
-    u = _rand(x, generator, B, 9)
+    u = _draw(generator, B, 9)  # parameters stay on the generator's device (module doc)
     order = u[:, 1:5].argsort(1)  # per-sample random permutation of the 4 ops
-    lo = _const(tuple(max(0.0, 1 - m) for m in mags) + (-h,), x.device)
-    hi = _const(tuple(1 + m for m in mags) + (h,), x.device)
+    lo = _const(tuple(max(0.0, 1 - m) for m in mags) + (-h,), u.device)
+    hi = _const(tuple(1 + m for m in mags) + (h,), u.device)
     factors = lo + (hi - lo) * u[:, 5:9]
     if x.shape[1] != 3:  # saturation and hue are no-ops on 1 channel
-        factors = factors * _const((1.0, 1.0, 0.0, 0.0), x.device) + _const((0, 0, 1, 0), x.device)
-    identity = _const((1.0, 1.0, 1.0, 0.0), x.device)
+        factors = factors * _const((1.0, 1.0, 0.0, 0.0), u.device) + _const((0, 0, 1, 0), u.device)
+    identity = _const((1.0, 1.0, 1.0, 0.0), u.device)
     return _jitter(x, torch.where((u[:, 0] >= p)[:, None], identity, factors), order)
 
 
@@ -365,13 +383,18 @@ def random_grayscale(x: torch.Tensor, p: float, generator: torch.Generator) -> t
     return torch.where(_mask(gray), grayscale(x).expand_as(x), x)
 
 
-def _blur(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Separable blur of B x C x H x W by per-sample 1-D kernels k (B x K), reflect padding."""
+def _blur(x: torch.Tensor, k: torch.Tensor, channels_last: bool | None = None) -> torch.Tensor:
+    """Separable blur of B x C x H x W by per-sample 1-D kernels k (B x K), reflect padding.
+
+    The grouped conv runs channels_last on CPUs (~1.7x faster there) and NCHW elsewhere (cuDNN
+    may take a slow path for B*C groups in channels_last); ``channels_last`` forces one.
+    """
     B, C, H, W = x.shape
     r = k.shape[1] // 2
     k = k.repeat_interleave(C, 0)  # B*C x K: one group per (sample, channel)
     xp = F.pad(x, (r, r, r, r), mode="reflect").view(1, B * C, H + 2 * r, W + 2 * r)
-    xp = xp.contiguous(memory_format=torch.channels_last)  # ~1.7x faster grouped conv on CPU
+    if x.device.type == "cpu" if channels_last is None else channels_last:
+        xp = xp.contiguous(memory_format=torch.channels_last)
     out = F.conv2d(xp, k.view(B * C, 1, 1, -1), groups=B * C)  # 1 x BC x H+2r x W
     out = F.conv2d(out, k.view(B * C, 1, -1, 1), groups=B * C)  # 1 x BC x H x W
     return out.reshape(B, C, H, W)  # back to contiguous NCHW
@@ -399,9 +422,9 @@ def gaussian_blur(x: torch.Tensor, p: float, sigma_range: Sequence[float],
     r = (H // 10) // 2
     if p <= 0 or r == 0:
         return x
-    u = _rand(x, generator, B, 2)
+    u = _draw(generator, B, 2)  # kernels and selection on the generator's device (module doc)
     sigma = (sigma_range[0] + (sigma_range[1] - sigma_range[0]) * u[:, 1]).clamp_min(1e-6)
-    t = torch.arange(-r, r + 1, device=x.device, dtype=torch.float32)
+    t = torch.arange(-r, r + 1, device=u.device, dtype=torch.float32)
     k = torch.exp(-(t**2) / (2 * sigma[:, None] ** 2))  # B x K
     return _on_samples(_blur, x, u[:, 0] < p, k / k.sum(1, keepdim=True))
 

@@ -67,8 +67,13 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3) -> dict:
-    """Time the bare and the full step for one configuration; returns a result row."""
+def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3,
+              compile_mode: str | None = None) -> dict:
+    """Time the bare and the full step for one configuration; returns a result row.
+
+    ``compile_mode`` is torch.compile's ``mode`` when ``train.compile`` is on (e.g.
+    ``reduce-overhead``: CUDA graphs); None is its default.
+    """
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     channels, side = _shape(cfg)
@@ -83,11 +88,11 @@ def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3) 
     optimizer = build_optimizer(model, cfg.optim)
     set_lr(optimizer, 1e-3)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    step_model = torch.compile(model) if cfg.train.compile else model
+    step_model = torch.compile(model, mode=compile_mode) if cfg.train.compile else model
 
     def views(x: torch.Tensor, step: int):  # as the loop makes them: one tensor per view size
         out = [v.contiguous(memory_format=fmt) for v in make_views(
-            x, cfg.augment, mean, std, step_generator(cfg.train.seed, step, device))]
+            x, cfg.augment, mean, std, step_generator(cfg.train.seed, step))]
         return out[0] if len(out) == 1 else out
 
     premade = views(images[:batch], 0)
@@ -117,7 +122,8 @@ def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3) 
     return {"arch": cfg.model.arch, "width": cfg.model.width, "image": f"{channels}x{side}",
             "batch": batch, "device": str(device), "precision": precision,
             "layout": "channels_last" if cfg.train.channels_last else "NCHW",
-            "compile": cfg.train.compile, "bare_img_s": bare_ips, "full_img_s": full_ips,
+            "compile": cfg.train.compile, "compile_mode": compile_mode if cfg.train.compile
+            else None, "bare_img_s": bare_ips, "full_img_s": full_ips,
             "ratio": full_ips / bare_ips, "gflop_per_step": step_flops / 1e9,
             "bare_gflop_s": step_flops / 1e9 * bare_ips / batch,
             "peak_mem_mb": _peak_memory_mb(device)}

@@ -147,13 +147,15 @@ def trim_metrics(path: Path, step: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    """The global CPU generator's state, for code that draws from it (none of ours does after
+    the model's init: a step's draws come from generators seeded by (seed, step)).
+
+    No CUDA states: restoring them needs as many visible GPUs as saved them, and a run must
+    resume on any number of processes and devices.
+    """
+    return {"torch": torch.get_rng_state()}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`; device states in older checkpoints (``cuda``) are ignored."""
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

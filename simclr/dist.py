@@ -18,6 +18,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from simclr.errors import SimCLRError
 
 TIMEOUT_S = int(os.environ.get("SIMCLR_DIST_TIMEOUT", "600"))
+# gloo needs some timeout; a year is past any job, so waiting for rank 0 never times out
+WAIT_TIMEOUT = timedelta(days=365)
+_wait_group: dist.ProcessGroup | None = None
 
 
 def is_dist() -> bool:
@@ -43,8 +46,9 @@ def local_rank() -> int:
 def init(device_type: str) -> bool:
     """Join the torchrun process group when started by torchrun with more than one process.
 
-    NCCL on CUDA, gloo otherwise; collectives time out after ``SIMCLR_DIST_TIMEOUT`` seconds
-    (default 600) so a dead rank cannot hang the others forever.
+    NCCL on CUDA (bound to this process's GPU, ``device_id``), gloo otherwise; collectives
+    time out after ``SIMCLR_DIST_TIMEOUT`` seconds (default 600) so a dead rank cannot hang the
+    others forever. Also makes the group of :func:`wait_for_main`.
 
     Returns:
         True when running distributed.
@@ -56,16 +60,38 @@ def init(device_type: str) -> bool:
     if not dist.is_available():
         raise SimCLRError("WORLD_SIZE > 1 but this torch build has no torch.distributed; "
                           "run without torchrun")
-    backend = "nccl" if device_type == "cuda" else "gloo"
+    backend, extra = "gloo", {}
     if device_type == "cuda":
+        backend, extra["device_id"] = "nccl", torch.device("cuda", local_rank())
         torch.cuda.set_device(local_rank())
-    dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S))
+    dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_S), **extra)
+    _make_wait_group()
     return True
 
 
+def _make_wait_group() -> dist.ProcessGroup:
+    """The gloo group of :func:`wait_for_main` (a collective: every rank calls it together)."""
+    global _wait_group
+    if _wait_group is None:
+        _wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
+    return _wait_group
+
+
+def wait_for_main() -> None:
+    """Every rank waits here until all have arrived, however long rank 0 takes for its work
+    alone (the kNN monitor, a checkpoint on a slow disk): a barrier over a gloo group whose
+    timeout is :data:`WAIT_TIMEOUT`, not the collectives' ``SIMCLR_DIST_TIMEOUT``, which would
+    kill the job. A rank that dies still ends it (gloo sees its connection close; torchrun
+    stops the others). No-op on one process."""
+    if world_size() > 1:
+        dist.barrier(group=_make_wait_group())
+
+
 def shutdown() -> None:
+    global _wait_group
     if is_dist():
         dist.destroy_process_group()
+    _wait_group = None
 
 
 def barrier() -> None:

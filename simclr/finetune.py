@@ -26,6 +26,27 @@ def label_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
     return stratified_split(labels, fraction, seed)[1]
 
 
+def finetune_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+                  scaler: torch.amp.GradScaler, views: Tensor, labels: Tensor,
+                  device: torch.device, precision: str) -> Tensor:
+    """One supervised step on ``views`` (B x C x H x W) and ``labels`` (B); returns the loss.
+
+    Under fp16 the loss is scaled through ``scaler`` before backward, so small gradients do not
+    flush to zero, and a step whose gradients overflowed is skipped instead of writing inf/NaN
+    into the encoder (the scale then halves). A disabled scaler (bf16/fp32) is a plain step.
+    """
+    from simclr.runtime import autocast
+
+    with autocast(device, precision):
+        logits = model(views)  # B x classes
+    loss = F.cross_entropy(logits.float(), labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device: torch.device,
              precision: str, log=print) -> dict[str, Any]:
     """Train a copy of ``enc.encoder`` plus a linear head on ``finetune.labels`` of the labeled
@@ -36,8 +57,6 @@ def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device:
         enc: a :class:`simclr.eval_run.NormalizedEncoder`.
         data: ``{"train": (uint8 images, labels), "test": (...)}``.
     """
-    from simclr.runtime import autocast
-
     f = cfg.finetune
     (x_all, y_all), (x_test, y_test) = data["train"], data["test"]
     idx = label_subset(y_all, f.labels, cfg.train.seed)
@@ -49,13 +68,14 @@ def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device:
     model = nn.Sequential(encoder, head)
     optimizer = torch.optim.SGD(param_groups(model, f.weight_decay), lr=0.0, momentum=0.9,
                                 nesterov=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     batch = min(f.batch_size, len(idx))
     loader = TensorLoader(x, batch, cfg.train.seed)
     total = f.epochs * len(loader)
     peak = scaled_lr(f.lr, batch, "linear")
     aug = replace(cfg.augment, jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # crop + flip only
     mean, std = enc.mean.flatten().tolist(), enc.std.flatten().tolist()
-    g = torch.Generator(device=device).manual_seed(cfg.train.seed)
+    g = torch.Generator().manual_seed(cfg.train.seed)  # CPU draws: the same on any device
     step, t0 = 0, time.perf_counter()
     for epoch in range(f.epochs):
         perm = loader.permutation(epoch)
@@ -64,12 +84,7 @@ def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device:
             set_lr(optimizer, lr_at(step, peak, 0, total))
             views = simclr_augment(xb, aug, mean, std, g).contiguous(
                 memory_format=torch.channels_last)
-            with autocast(device, precision):
-                logits = model(views)
-            loss = F.cross_entropy(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            finetune_step(model, optimizer, scaler, views, yb, device, precision)
             step += 1
     log(f"finetune: {len(idx)} labeled images, {f.epochs} epochs in "
         f"{time.perf_counter() - t0:.1f}s")

@@ -14,19 +14,20 @@ import torch
 from torch import Tensor
 
 from simclr.errors import SimCLRError
+from simclr.runtime import to_device
 
 
 def epoch_permutation(n: int, seed: int, epoch: int,
                       device: str | torch.device = "cpu") -> Tensor:
     """int64 permutation of 0..n-1 on ``device``, a function of (seed, epoch) alone.
 
-    Drawn on ``device`` itself: a CUDA generator gives another permutation than a CPU one for
-    the same seed, so in-memory and streamed data agree when both use the training device.
+    Drawn on the CPU whatever ``device`` (a CUDA generator would give another permutation for
+    the same seed), so every device, in-memory or streamed, sees the same batches.
     """
     state = np.random.SeedSequence([seed & (2**63 - 1), epoch]).generate_state(2)
-    generator = torch.Generator(device=device)
+    generator = torch.Generator()
     generator.manual_seed(int(state[0]) << 31 ^ int(state[1]))
-    return torch.randperm(n, generator=generator, device=device)
+    return to_device(torch.randperm(n, generator=generator), torch.device(device))
 
 
 def check_batch(n: int, batch_size: int, world_size: int) -> None:
@@ -62,10 +63,11 @@ def batch_labels(loader, labels: Tensor, epoch: int, start: int = 0) -> Iterator
 class TensorLoader:
     """Shuffled batches of an image tensor that already lives on the training device.
 
-    Each epoch is a permutation drawn on the images' device from ``(seed, epoch)`` alone, so
-    any epoch (and any step in it) can be regenerated for an exact resume. Batches drop the
-    last incomplete one. Under DDP every rank builds the same permutation and takes its
-    contiguous ``batch_size // world_size`` slice of each global batch.
+    Each epoch is a permutation of ``(seed, epoch)`` alone (drawn on the CPU, moved to the
+    images' device), so any epoch (and any step in it) can be regenerated for an exact resume,
+    on any device. Batches drop the last incomplete one. Under DDP every rank builds the same
+    permutation and takes its contiguous ``batch_size // world_size`` slice of each global
+    batch.
 
     Args:
         images: N x C x H x W (any dtype; uint8 in training).

@@ -14,10 +14,11 @@ from simclr.errors import SimCLRError
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda > mps > cpu; anything else must exist on this machine."""
+    """``auto`` -> cuda > mps > cpu; anything else must exist on this machine. A CUDA device
+    also gets :func:`cuda_fast_paths`."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return cuda_fast_paths(torch.device("cuda"))
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -28,6 +29,19 @@ def resolve_device(name: str) -> torch.device:
             from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SimCLRError("train.device is cuda but no CUDA GPU is visible; use train.device=cpu")
+    return cuda_fast_paths(device) if device.type == "cuda" else device
+
+
+def cuda_fast_paths(device: torch.device) -> torch.device:
+    """Turn on cuDNN autotuning (every step has the same shapes) and TF32 for float32 matmuls
+    on CUDA (those outside autocast: fp32 runs, NT-Xent's similarities); returns ``device``.
+
+    The CUDA switch ``allow_tf32`` rather than ``set_float32_matmul_precision``, which also
+    changes CPU (oneDNN) matmuls. Autotuning picks algorithms per process, one more reason GPU
+    runs repeat only up to floating-point noise.
+    """
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
     return device
 
 
@@ -37,12 +51,24 @@ def cpu_has_bf16() -> bool:
     return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
 
 
+def cuda_has_bf16(device: torch.device) -> bool:
+    """True when the CUDA GPU computes bf16 natively: compute capability >= 8.0 (Ampere on).
+
+    Not ``torch.cuda.is_bf16_supported()``: by default it also counts emulation, so it says
+    True on a V100 or T4, where bf16 runs emulated and much slower than fp16. On ROCm (whose
+    capability numbers are not NVIDIA's) torch's answer is kept.
+    """
+    if torch.version.hip:
+        return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> bf16 where the device computes it natively, fp16 on older CUDA, else fp32."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cuda_has_bf16(device) else "fp16"
     if device.type == "cpu" and cpu_has_bf16():
         return "bf16"
     return "fp32"
@@ -96,8 +122,24 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def step_generator(seed: int, counter: int, device: torch.device, stream: int = 0):
-    """A generator on ``device`` seeded from (seed, stream, counter) by a splitmix64 hash."""
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``: itself when already there; from the CPU to a GPU through pinned
+    memory with ``non_blocking``, so the copy does not wait for the GPU's queue to drain."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def step_generator(seed: int, counter: int, device: torch.device | str = "cpu",
+                   stream: int = 0) -> torch.Generator:
+    """A generator on ``device`` seeded from (seed, stream, counter) by a splitmix64 hash.
+
+    Training keeps the default, the CPU: a CUDA generator's stream differs from a CPU one's for
+    the same seed, so draws made on the CPU are what make a step's views the same whatever the
+    training device (and a resume on another device a replay).
+    """
     x = (seed * 0x9E3779B97F4A7C15 + stream * 0xBF58476D1CE4E5B9 + counter) & (2**64 - 1)
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & (2**64 - 1)
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & (2**64 - 1)

@@ -95,7 +95,7 @@ class _Plan(Sampler):
 class StreamLoader:
     """Shuffled batches of image files, decoded on the fly: :class:`TensorLoader`'s batches.
 
-    Each epoch is :func:`epoch_permutation` of ``(seed, epoch)`` drawn on ``device``; batches
+    Each epoch is :func:`epoch_permutation` of ``(seed, epoch)`` (drawn on the CPU); batches
     drop the last incomplete one; under DDP each rank decodes only its contiguous
     ``batch_size // world_size`` slice of each global batch. One :meth:`batches` (or
     :meth:`chunks`) pass runs at a time per loader: starting another ends the previous one.
@@ -165,7 +165,7 @@ class StreamLoader:
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Tensor]:
         """This rank's batches of ``epoch`` from step ``start`` (uint8 local_batch x C x S x S)."""
-        perm = self.permutation(epoch).cpu()
+        perm = epoch_permutation(len(self.files), self.seed, epoch)  # on the CPU, as drawn
         plan = [idx.tolist() for idx in rank_batches(perm, self.batch_size, self.rank,
                                                      self.world_size, start)]
         return self._run(plan, self.device)

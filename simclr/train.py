@@ -345,6 +345,7 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
             monitor = eval_data(cfg)  # labeled train (bank) + test images, uint8 on the CPU
         except SimCLRError as e:
             log(f"kNN monitor off: {e}")
+    dist.wait_for_main()  # rank 0 alone loaded the monitor's images
 
     def guard_finite() -> None:
         """Stop (every rank) before a non-finite loss reaches a checkpoint or the log."""
@@ -364,6 +365,7 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
                 "scaler": scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
                 "elapsed": elapsed, "loss_history": history, "epoch_loss_sum": epoch_total,
                 "config": cfg.to_dict(), "rng": rng_state()})
+        dist.wait_for_main()  # the others wait for the write without a collective's timeout
 
     streamed = f" streamed by {loader.workers} workers" if isinstance(loader, StreamLoader) else ""
     log(f"simclr: {cfg.data.name} {n} images {in_channels}x{image_size}x{image_size}{streamed}, "
@@ -388,7 +390,7 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
             set_lr(optimizer, lr)
             views = [v.contiguous(memory_format=memory_format) for v in make_views(
                 x, cfg.augment, cfg.augment.mean, cfg.augment.std,
-                step_generator(cfg.train.seed, step, device, stream=rank))]  # one per size
+                step_generator(cfg.train.seed, step, stream=rank))]  # one per size
             b = x.shape[0]
             if tb is not None and step % steps_per_epoch == 0 and len(views[0]) >= 2 * b:
                 tb.views(views[0][:b], views[0][b:2 * b], cfg.augment.mean, cfg.augment.std,
@@ -440,8 +442,8 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
                     "lr": lr, "time": elapsed})
             log(f"epoch {epoch + 1}/{epochs} loss {history[-1]:.4f} lr {lr:.4g} "
                 f"time {elapsed:.0f}s{knn}")
+        dist.wait_for_main()  # for rank 0's kNN monitor, before checkpoint()'s collectives
         checkpoint()
-        dist.barrier()  # the other ranks wait for rank 0's checkpoint and monitor
 
     if tb is not None:
         tb.close()

@@ -82,6 +82,33 @@ def run_view_steps(model, train_model, cfg, views, rank=0, gather=None, steps=2)
     return losses
 
 
+SLOW_S = 4.0  # rank 0's monitor and each checkpoint write take this long; the test sets the
+# collectives' timeout (SIMCLR_DIST_TIMEOUT) below it
+
+
+def slow_main(out: Path, rank: int) -> None:
+    """Pretrain (data in OUT/data) while rank 0's kNN monitor and checkpoint writes are slow."""
+    import time
+
+    import simclr.train as train_mod
+
+    def slow(fn):
+        def wrapper(*args, **kwargs):
+            time.sleep(SLOW_S)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    if rank == 0:
+        train_mod.knn_monitor = slow(train_mod.knn_monitor)
+        train_mod.save_checkpoint = slow(train_mod.save_checkpoint)
+    cfg = build_config(overrides={
+        "data.name": "mnist", "data.root": str(out / "data"), "data.download": False,
+        "model.width": 0.0625, "model.proj_dim": 8, "train.batch_size": 32, "train.epochs": 1,
+        "train.checkpoint_every": 2, "train.progress": False, "train.device": "cpu",
+        "eval.every": 1, "eval.knn_k": 10})
+    train_mod.pretrain(cfg, out / "run", log=lambda *_: None)
+
+
 def main(mode: str, out: Path) -> None:
     assert dist.init("cpu"), "run me under torchrun with 2 processes"
     rank, world = dist.rank(), dist.world_size()
@@ -113,6 +140,8 @@ def main(mode: str, out: Path) -> None:
         global_losses = [float(dist.reduce_mean(torch.tensor(x, dtype=torch.float64)))
                          for x in losses]
         torch.save({"state": model.state_dict(), "losses": global_losses}, out / f"rank{rank}.pt")
+    elif mode == "slow_main":
+        slow_main(out, rank)
     elif mode == "fail":
         if rank == 1:
             raise RuntimeError("rank 1 failed on purpose")

@@ -1,5 +1,6 @@
 """Helpers shared by the end-to-end tests."""
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,16 @@ def run_cli(*args, env: dict | None = None, timeout: int = 600) -> subprocess.Co
     env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "simclr", *map(str, args)], env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def last_step(run_dir: Path) -> int:
+    """The highest step in ``run_dir/metrics.jsonl`` (0 when none); a line cut by a crash is
+    skipped. Used to SIGKILL a run once it passes a step."""
+    try:
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return max((json.loads(x)["step"] for x in lines if x.endswith("}")), default=0)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
 
 
 def blobs(n: int, classes: int, dim: int, spread: float, seed: int):

@@ -341,3 +341,31 @@ def test_preview_png(tmp_path, c):
     A.preview(images(n, c, side), Augment(), mean, std, again, n_views=views, seed=1)
     assert again.read_bytes() == path.read_bytes()
 
+
+@pytest.mark.parametrize("c, expected", [
+    (3, (38342.13153025435, 24357.087198571277, 19029444.985368468)),
+    (1, (12721.807647082787, 8549.384137963001, 6260025.820589652)),
+])
+def test_same_draws_give_the_pixels_of_the_code_before_draws_left_the_device(c, expected):
+    """Jitter, grayscale, blur and flip now take their parameters from the generator's device
+    (and compute hue and blur on the selected samples only); on the CPU the pixels are those
+    the previous code (commit bf63df7, all on x's device) gave: sum, sum of squares and a
+    position-weighted sum of the result, computed with that code."""
+    x = torch.rand(16, c, 40, 40, generator=torch.Generator().manual_seed(c))
+    g = torch.Generator().manual_seed(5)
+    y = A.color_jitter(x, 1.0, 0.8, g)
+    y = A.random_grayscale(y, 0.2, g)
+    y = A.gaussian_blur(y, 0.5, (0.1, 2.0), g)
+    y = A.random_flip(y, 0.5, g).double()
+    w = (torch.arange(y.numel(), dtype=torch.float64) % 997).view_as(y)
+    got = (float(y.sum()), float((y * y).sum()), float((y * w).sum()))
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_blur_layouts_agree():
+    x = torch.rand(6, 3, 24, 24, generator=gen(1))
+    k = torch.rand(6, 5, generator=gen(2))
+    k = k / k.sum(1, keepdim=True)
+    nhwc, nchw = A._blur(x, k, channels_last=True), A._blur(x, k, channels_last=False)
+    torch.testing.assert_close(nhwc, nchw, rtol=0, atol=1e-6)
+    assert torch.equal(A._blur(x, k), nhwc)  # the CPU default

@@ -3,6 +3,7 @@
 on the global batch; end-to-end runs and resume across process counts; a failing rank ends the
 job."""
 
+import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,18 @@ def test_a_failing_rank_ends_the_job(tmp_path):
     assert "rank 1 failed on purpose" in proc.stderr + proc.stdout
 
 
+def test_slow_rank0_monitor_and_checkpoints_do_not_time_out_the_others(tmp_path):
+    write_idx(tmp_path / "data", 128, n_test=32)
+    timeout = int(W.SLOW_S / 2)  # rank 0's work alone outlasts the collectives' timeout
+    proc = subprocess.run([*TORCHRUN, REPO / "tests" / "dist_worker.py", "slow_main", tmp_path],
+                          env={**ENV, "SIMCLR_DIST_TIMEOUT": str(timeout)}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["kind"] for x in lines if x["kind"] != "window"] == ["knn", "epoch"]
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("mnist")
@@ -130,3 +143,28 @@ def test_torchrun_pretrain_and_resume_across_process_counts(root, tmp_path):
     assert "resuming at step 4" in proc.stdout
     assert torch.load(single / "checkpoint.pt", weights_only=True)["step"] == 8
     assert (single / "encoder.safetensors").exists()
+
+
+@pytest.mark.parametrize("device_type, backend", [("cuda", "nccl"), ("cpu", "gloo")])
+def test_init_binds_the_process_to_its_gpu(monkeypatch, device_type, backend):
+    import torch.distributed as td
+
+    from simclr import dist
+
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_dist", lambda: False)
+    monkeypatch.setattr(dist, "_wait_group", None)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", d))
+    monkeypatch.setattr(td, "init_process_group",
+                        lambda b, **kw: calls.setdefault("init", (b, kw)))
+    monkeypatch.setattr(td, "new_group", lambda **kw: calls.setdefault("wait_group", kw))
+    assert dist.init(device_type)
+    b, kw = calls["init"]
+    assert b == backend and kw["timeout"].total_seconds() == dist.TIMEOUT_S
+    if device_type == "cuda":
+        assert kw["device_id"] == torch.device("cuda", 1) and calls["set_device"] == 1
+    else:
+        assert "device_id" not in kw and "set_device" not in calls
+    assert calls["wait_group"] == {"backend": "gloo", "timeout": dist.WAIT_TIMEOUT}

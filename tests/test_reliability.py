@@ -1,7 +1,6 @@
 """Crash safety (SIGKILL, then the same command again), the run-dir lock, and safe loading of
 checkpoints."""
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from safetensors.torch import load_file
 
 from simclr.checkpoint import run_lock
 from tests.formats import write_idx
+from tests.helpers import last_step
 
 REPO = Path(__file__).parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -33,14 +33,6 @@ def args(root, run_dir, *extra):
             "--model.width=0.0625", "--model.proj_dim=16", "--train.batch_size=32",
             "--train.epochs=5", "--train.log_every=1", "--train.checkpoint_every=2",
             "--train.progress=false", "--optim.warmup_epochs=1", *extra]
-
-
-def last_step(run_dir: Path) -> int:
-    try:
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        return max((json.loads(x)["step"] for x in lines if x.endswith("}")), default=0)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return 0
 
 
 def kill_at(root, run_dir, step: int) -> None:
@@ -134,3 +126,39 @@ def test_resume_with_other_architecture_is_refused(root, tmp_path):
     proc = subprocess.run(args(root, run_dir, "--model.arch=resnet34", "--force"), env=ENV,
                           capture_output=True, text=True)
     one_line(proc, "holds a different model")
+
+
+def test_resume_with_fewer_visible_gpus_than_the_checkpoint_saw(root, tmp_path, monkeypatch):
+    from simclr.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+    from simclr.config import build_config
+    from simclr.train import pretrain
+
+    def cfg(**extra):
+        return build_config(overrides={
+            "data.name": "mnist", "data.root": str(root), "data.download": False,
+            "model.width": 0.0625, "model.proj_dim": 16, "train.batch_size": 64,
+            "train.epochs": 2, "train.progress": False, "train.device": "cpu",
+            "optim.warmup_epochs": 1.0, "eval.every": 0, **extra})
+
+    def quiet(*_):
+        pass
+
+    straight = pretrain(cfg(), tmp_path / "straight", log=quiet)
+    part = pretrain(cfg(**{"train.max_steps": 4}), tmp_path / "part", log=quiet)
+    state = load_checkpoint(part / CHECKPOINT)
+    assert set(state["rng"]) == {"torch"}  # nothing in it is tied to a device
+    state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 8  # an 8-GPU machine's states
+    save_checkpoint(part / CHECKPOINT, state)
+
+    def one_gpu(states):  # what torch does with more states than visible devices
+        if len(states) > 1:
+            raise IndexError("list index out of range")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", one_gpu)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all",
+                        lambda: pytest.fail("a device RNG state was saved"))
+    pretrain(cfg(), part, log=quiet)
+    a = load_file(str(straight / "encoder.safetensors"))
+    b = load_file(str(part / "encoder.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

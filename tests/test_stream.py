@@ -216,3 +216,16 @@ def test_cli_corrupt_file_while_streaming_is_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("simclr: error: cannot decode "), proc.stderr
     assert "y.jpg while streaming" in lines[0] and "Traceback" not in proc.stderr
     assert not out.exists()  # found while measuring channel stats, before the run dir exists
+
+
+def test_permutation_is_drawn_on_the_cpu_for_any_device(monkeypatch):
+    """A CUDA generator draws another permutation than a CPU one for the same seed, so the
+    order is drawn on the CPU and only moved: same batches on every device (resume included)."""
+    import simclr.loader
+
+    moved = []
+    monkeypatch.setattr(simclr.loader, "to_device", lambda t, d: moved.append((t, d)) or t)
+    for device in ("cuda", "cuda:1", "mps"):
+        perm = epoch_permutation(50, 3, 2, device)
+        assert moved[-1][1] == torch.device(device) and perm is moved[-1][0]
+        assert perm.device.type == "cpu" and torch.equal(perm, epoch_permutation(50, 3, 2))
