@@ -1,15 +1,37 @@
-"""SimCLR contrastive self-supervised learning on PyTorch."""
+"""SimCLR contrastive self-supervised learning on PyTorch.
 
-from simclr.config import Config, build_config
+The public API is imported on first use (``simclr.pretrain``, ``from simclr import nt_xent``),
+so ``import simclr`` and ``simclr --help`` do not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
 from simclr.errors import SimCLRError
-from simclr.eval_run import evaluate, load_encoder
-from simclr.loss import nt_xent
-from simclr.models import ProjectionHead, ResNet, SimCLR, build_model
-from simclr.optim import LARS, lr_at
-from simclr.train import pretrain
 
-__all__ = [
-    "LARS", "Config", "ProjectionHead", "ResNet", "SimCLR", "SimCLRError", "build_config",
-    "build_model", "evaluate", "load_encoder", "lr_at", "nt_xent", "pretrain",
-]
+# public name -> the module that defines it
+_EXPORTS = {
+    "Config": "simclr.config", "build_config": "simclr.config",
+    "evaluate": "simclr.eval_run", "load_encoder": "simclr.eval_run",
+    "nt_xent": "simclr.loss",
+    "ProjectionHead": "simclr.models", "ResNet": "simclr.models", "SimCLR": "simclr.models",
+    "build_model": "simclr.models",
+    "LARS": "simclr.optim", "lr_at": "simclr.optim",
+    "pretrain": "simclr.train",
+}
+
+__all__ = sorted([*_EXPORTS, "SimCLRError"])
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'simclr' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -28,6 +28,9 @@ RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
 LOSS_PNG = "loss.png"
 _SAFE = re.compile(r"[^A-Za-z0-9._+=-]")
+# Settings every table shows beside the grid keys: the lr and weight decay each cell used
+# (each optimizer has its own defaults, so they differ across an optim.name grid).
+SHOWN_SETTINGS = ("optim.lr", "optim.weight_decay")
 METRIC_COLUMNS = ["epochs", "final_loss", "linear_top1", "knn_top1", "nmi", "time_s",
                   "images_per_s"]
 
@@ -185,8 +188,14 @@ def _model_metric(report: dict[str, Any] | None, protocol: str, key: str) -> flo
     return None
 
 
+def table_keys(grid_keys: list[str]) -> list[str]:
+    """The setting columns of a results table: the grid keys, then :data:`SHOWN_SETTINGS`."""
+    return list(grid_keys) + [k for k in SHOWN_SETTINGS if k not in grid_keys]
+
+
 def result_row(cell: Cell) -> dict[str, Any]:
-    """The grid values and metrics of a cell: run stats + the simclr rows of its eval.json."""
+    """The settings and metrics of a cell: its grid values and :data:`SHOWN_SETTINGS` (as the
+    cell's resolved config has them), run stats and the simclr rows of its eval.json."""
     from simclr.eval_run import EVAL_JSON
 
     path = cell.run_dir / EVAL_JSON
@@ -194,7 +203,7 @@ def result_row(cell: Cell) -> dict[str, Any]:
     empty = {"epochs": 0, "last_loss": None, "time": None, "images_per_s": None}
     stats = run_stats(cell.run_dir) if (cell.run_dir / METRICS).exists() else empty
     row: dict[str, Any] = {"run": cell.name}
-    for key, _ in cell.items:
+    for key in table_keys([k for k, _ in cell.items]):
         section, name = key.split(".")
         row[key] = value_text(getattr(getattr(cell.cfg, section), name))
     row.update({"epochs": stats["epochs"], "final_loss": stats["last_loss"],
@@ -252,8 +261,9 @@ def write_results(rows: list[dict[str, Any]], keys: list[str], out: Path) -> tup
         f"# Sweep {out.name}: {len(rows)} runs\n\n"
         "Accuracies and NMI in percent on the test split, for the simclr encoder at its last "
         "epoch (linear probe with weight decay chosen on a train hold-out, cosine kNN, k-means "
-        "with k = classes); settings in each run's `eval.json`. Loss: the last epoch's mean "
-        "NT-Xent. Train time: training seconds.\n\n"
+        "with k = classes); settings in each run's `eval.json`. optim.lr: the base lr each cell "
+        "used, before lr_scaling with the batch (each optimizer has its own default). Loss: the "
+        "last epoch's mean NT-Xent. Train time: training seconds.\n\n"
         + format_results(rows, keys) + f"\n\n![loss of every run]({LOSS_PNG})\n")
     return md_path, csv_path
 
@@ -307,7 +317,7 @@ def sweep(config: str | Path | None, grid_specs: list[str], overrides: list[str]
             log(f"{head}: failed: {e}")
             failed.append(cell.name)
     rows = [result_row(cell) for cell in cells]
-    write_results(rows, [k for k, _ in grid], out)
+    write_results(rows, table_keys([k for k, _ in grid]), out)
     plotted = [c.run_dir for c in cells if (c.run_dir / METRICS).exists()]
     if plotted:
         plot_runs(plotted, out / LOSS_PNG, title=f"sweep {out.name}: {len(plotted)} runs")
@@ -318,4 +328,4 @@ def sweep(config: str | Path | None, grid_specs: list[str], overrides: list[str]
     return rows
 
 __all__ = ["Cell", "cell_name", "cell_state", "format_results", "parse_grid", "plan",
-           "result_row", "split_values", "sweep", "write_results"]
+           "result_row", "split_values", "sweep", "table_keys", "write_results"]
