@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import traceback
 import warnings
 from pathlib import Path
@@ -32,9 +33,34 @@ def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> list[
     return out
 
 
-def _parser() -> argparse.ArgumentParser:
-    from simclr.config import keys_help
+def _text(value) -> str:
+    """A default as it is typed on the command line: ``0.08,1``, ``true``, ``none``."""
+    if isinstance(value, list):
+        return ",".join(_text(v) for v in value)
+    if value is None or isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
+
+def keys_help(width: int = 100) -> str:
+    """The ``--section.key=value`` overrides and every key with its default, for ``--help``."""
+    from simclr.config import OPTIM_DEFAULTS, Config
+
+    lines = textwrap.wrap("config overrides: --section.key=value (or --section.key value); "
+                          "lists as --augment.crop_scale=0.2,1. Keys and defaults (their "
+                          "meaning: README, 'Command line'):", width)
+    for section, values in Config().to_dict().items():
+        items = " ".join(f"{k}={_text(v)}" for k, v in values.items())
+        lines += textwrap.wrap(f"{section}: {items}", width, initial_indent="  ",
+                               subsequent_indent="    ")
+    per = ", ".join(f"{n} {_text(d['lr'])}/{_text(d['weight_decay'])}"
+                    for n, d in OPTIM_DEFAULTS.items())
+    lines += textwrap.wrap(f"optim.lr / optim.weight_decay none = the optimizer's own: {per}.",
+                           width)
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="simclr", description="SimCLR contrastive self-supervised learning.",
         epilog="Config keys: any --section.key=value, e.g. --train.epochs=10 --optim.name=sgd; "

@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from simclr.errors import SimCLRError
+from simclr.yamlio import load_yaml, parse_value, save_yaml  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -236,29 +235,6 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
     setattr(section, parts[1], _coerce(value, known[parts[1]], dotted))
 
 
-class YAMLLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no code runs) with YAML 1.2 booleans: only true/false are bools, so
-    ``data.stream: on`` stays the string "on" instead of YAML 1.1's True."""
-
-
-YAMLLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-YAMLLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"))
-
-
-def parse_value(text: str) -> Any:
-    """Parse a command-line value as YAML (``1e-3``, ``true``, ``null``, ``0.2,1``)."""
-    if "," in text and not text.strip().startswith("["):
-        text = f"[{text}]"
-    try:
-        return yaml.load(text, Loader=YAMLLoader)
-    except yaml.YAMLError:
-        return text
-
-
 def _apply_mapping(cfg: Config, mapping: Any, source: str) -> None:
     if not isinstance(mapping, dict):
         raise SimCLRError(f"{source}: expected a mapping of sections, like 'train: {{epochs: 10}}'")
@@ -270,21 +246,6 @@ def _apply_mapping(cfg: Config, mapping: Any, source: str) -> None:
                 set_value(cfg, f"{section}.{key}", value)
             except SimCLRError as e:
                 raise SimCLRError(f"{source}: {e}") from None
-
-
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping with ``yaml.safe_load`` (no code from the file runs)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SimCLRError(f"cannot read config {path}: {e.strerror}; check the path") from None
-    try:
-        return yaml.load(text, Loader=YAMLLoader) or {}
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise SimCLRError(f"config {path} is not valid YAML{where}; fix its syntax") from None
 
 
 def build_config(
@@ -404,43 +365,15 @@ def validate(cfg: Config) -> None:
             raise SimCLRError(message)
 
 
-def _default_text(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(_default_text(v) for v in value)
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def keys_help(width: int = 100) -> str:
-    """The ``--section.key=value`` overrides and every key with its default, for ``--help``."""
-    import textwrap
-
-    lines = textwrap.wrap("config overrides: --section.key=value (or --section.key value); "
-                          "lists as --augment.crop_scale=0.2,1. Keys and defaults (their "
-                          "meaning: README, 'Command line'):", width)
-    cfg = Config()
-    for f in fields(cfg):
-        section = getattr(cfg, f.name)
-        items = " ".join(f"{k}={_default_text(getattr(section, k))}"
-                         for k in _section_fields(section))
-        lines += textwrap.wrap(f"{f.name}: {items}", width, initial_indent="  ",
-                               subsequent_indent="    ")
-    per = ", ".join(f"{n} {_default_text(d['lr'])}/{_default_text(d['weight_decay'])}"
-                    for n, d in OPTIM_DEFAULTS.items())
-    lines += textwrap.wrap(f"optim.lr / optim.weight_decay none = the optimizer's own: {per}.",
-                           width)
-    return "\n".join(lines)
-
-
-def save_yaml(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config (every key) as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+def advice(cfg: Config) -> list[str]:
+    """Warnings for settings that work but are likely mistakes, each with the fix."""
+    out = []
+    w, e = cfg.optim.warmup_epochs, cfg.train.epochs
+    if w > 0 and w >= e:
+        out.append(f"optim.warmup_epochs={w:g} >= train.epochs={e}: the lr rises for the whole "
+                   "run, never reaches its peak and never decays; lower optim.warmup_epochs "
+                   "(e.g. to a tenth of the epochs)")
+    return out
 
 
 def diff(a: dict, b: dict) -> list[str]:
@@ -455,7 +388,7 @@ def diff(a: dict, b: dict) -> list[str]:
 
 
 __all__ = [
-    "OPTIM_DEFAULTS", "Augment", "Config", "Data", "Eval", "Finetune", "Loss", "Model", "Optim",
-    "Probe", "Train", "build_config", "canonical_dataset", "complete", "diff", "keys_help",
-    "load_yaml", "save_yaml", "set_value", "validate",
+    "OPTIM_DEFAULTS", "Augment", "advice", "Config", "Data", "Eval", "Finetune", "Loss", "Model", "Optim",
+    "Probe", "Train", "build_config", "canonical_dataset", "complete", "diff",
+    "load_yaml", "parse_value", "save_yaml", "set_value", "validate",
 ]

@@ -73,28 +73,28 @@ def pick_stratified(labels: Tensor, n: int) -> Tensor:
     return order[torch.argsort(key, stable=True)[:n]]
 
 
-def _encoder_and_data(run_dir: Path, overrides: list[str] | None):
-    from simclr.eval_run import encoder_path, eval_data, load_encoder
+def _encoder_and_data(run_dir: Path, overrides: list[str] | None, bank: bool = False):
+    """The run's config, encoder, labeled data, device and precision; with ``bank`` the data
+    follows ``data.subset`` (:func:`simclr.eval_run.monitor_config`)."""
+    from simclr.eval_run import encoder_path, eval_data, load_encoder, monitor_config
     from simclr.runtime import resolve_device, resolve_precision
 
     cfg = run_config(run_dir, overrides)
-    source = encoder_path(run_dir)
-    enc = load_encoder(source)
-    data = eval_data(cfg)
+    enc = load_encoder(encoder_path(run_dir))
+    data = eval_data(monitor_config(cfg) if bank else cfg)
     shape = (enc.meta["in_channels"], enc.meta["image_size"], enc.meta["image_size"])
     if tuple(data["train"][0].shape[1:]) != shape:
         raise SimCLRError(f"the encoder was trained on {shape[0]}x{shape[1]} px images but the "
                           f"data is {tuple(data['train'][0].shape[1:])}; set data.* to match")
     device = resolve_device(cfg.train.device)
-    return cfg, enc, data, source, device, resolve_precision(cfg.train.precision, device)
+    return cfg, enc, data, device, resolve_precision(cfg.train.precision, device)
 
 
 def _features(enc, split: str, images: Tensor, labels: Tensor, cfg: C.Config, device,
-              precision: str, cache_dir: Path | None, source: Path | None) -> Tensor:
+              precision: str, cache_dir: Path | None) -> Tensor:
     from simclr.eval_run import features
 
-    return features(enc, {split: (images, labels)}, cfg, device, precision, cache_dir,
-                    source)[split]
+    return features(enc, {split: (images, labels)}, cfg, device, precision, cache_dir)[split]
 
 
 def _to_2d(feats: Tensor, method: str, seed: int) -> tuple[np.ndarray, str]:
@@ -140,12 +140,12 @@ def embed_map(run_dir: str | Path, out: str | Path | None = None,
         raise SimCLRError("method umap needs the umap-learn package: pip install umap-learn, "
                           "or use --method tsne")
     run_dir = Path(run_dir)
-    cfg, enc, data, source, device, precision = _encoder_and_data(run_dir, overrides)
+    cfg, enc, data, device, precision = _encoder_and_data(run_dir, overrides)
     images, labels = data["test"]
     full = points >= len(labels)  # the whole split, in file order: evaluate's feature cache
     idx = torch.arange(len(labels)) if full else pick_stratified(labels, points)
     feats = _features(enc, "test", images[idx], labels[idx], cfg, device, precision,
-                      run_dir / "features" if full else None, source if full else None)
+                      run_dir / "features" if full else None)
     labels = labels[idx].numpy()
     coords, name = _to_2d(feats, method, cfg.train.seed)
     n_classes = int(labels.max()) + 1 if labels.max() >= 0 else 0
@@ -210,7 +210,8 @@ def neighbors_grid(run_dir: str | Path, out: str | Path | None = None,
     by cosine similarity of encoder features.
 
     Neighbours with the query's class have a green border, others red; each cell is titled
-    with its class (and, for neighbours, the similarity). Images are drawn pixel-exact
+    with its class (and, for neighbours, the similarity). The bank is the labeled train
+    split, or with ``data.subset = N`` (and ``eval.subset`` unset) its first N images. Images are drawn pixel-exact
     (nearest) at about 1.2 inch a cell, so 28 px images are upscaled about 4x.
 
     Args:
@@ -227,13 +228,11 @@ def neighbors_grid(run_dir: str | Path, out: str | Path | None = None,
     if queries < 1 or k < 1:
         raise SimCLRError("--queries and --k must be at least 1")
     run_dir = Path(run_dir)
-    cfg, enc, data, source, device, precision = _encoder_and_data(run_dir, overrides)
+    cfg, enc, data, device, precision = _encoder_and_data(run_dir, overrides, bank=True)
     (xtr, ytr), (xte, yte) = data["train"], data["test"]
-    bank = _features(enc, "train", xtr, ytr, cfg, device, precision, run_dir / "features",
-                     source)
+    bank = _features(enc, "train", xtr, ytr, cfg, device, precision, run_dir / "features")
     q_idx = pick_stratified(yte, queries)
-    q_feats = _features(enc, "test", xte[q_idx], yte[q_idx], cfg, device, precision, None,
-                        None)
+    q_feats = _features(enc, "test", xte[q_idx], yte[q_idx], cfg, device, precision, None)
     sims, nn_idx = nearest(bank, q_feats, k)
     n_classes = int(max(ytr.max(), yte.max())) + 1
     names = class_names(cfg, max(n_classes, 0))

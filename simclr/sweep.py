@@ -23,6 +23,7 @@ from typing import Any
 from simclr import config as C
 from simclr.errors import SimCLRError
 from simclr.report import METRICS, plot_runs, run_stats, value_text
+from simclr.results import EVAL_JSON, PROTOCOLS, read_eval
 
 RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
@@ -165,7 +166,6 @@ def _check_existing(cell: Cell) -> None:
 def cell_state(cell: Cell, total_steps: int, protocols: list[str]) -> tuple[bool, bool]:
     """(trained to ``total_steps``, evaluated at that step with all ``protocols``)."""
     from simclr.checkpoint import CHECKPOINT, load_checkpoint
-    from simclr.eval_run import EVAL_JSON
 
     ckpt = cell.run_dir / CHECKPOINT
     if not ckpt.exists() or not (cell.run_dir / "encoder.safetensors").exists():
@@ -182,7 +182,7 @@ def cell_state(cell: Cell, total_steps: int, protocols: list[str]) -> tuple[bool
 
 
 def _model_metric(report: dict[str, Any] | None, protocol: str, key: str) -> float | None:
-    for r in (report or {}).get("results", []):
+    for r in reversed((report or {}).get("results", [])):  # the newest
         if r["model"] == "simclr" and r["protocol"] == protocol and r.get(key) is not None:
             return r[key]
     return None
@@ -196,10 +196,7 @@ def table_keys(grid_keys: list[str]) -> list[str]:
 def result_row(cell: Cell) -> dict[str, Any]:
     """The settings and metrics of a cell: its grid values and :data:`SHOWN_SETTINGS` (as the
     cell's resolved config has them), run stats and the simclr rows of its eval.json."""
-    from simclr.eval_run import EVAL_JSON
-
-    path = cell.run_dir / EVAL_JSON
-    report = json.loads(path.read_text()) if path.exists() else None
+    report = read_eval(cell.run_dir / EVAL_JSON)
     empty = {"epochs": 0, "last_loss": None, "time": None, "images_per_s": None}
     stats = run_stats(cell.run_dir) if (cell.run_dir / METRICS).exists() else empty
     row: dict[str, Any] = {"run": cell.name}
@@ -283,7 +280,7 @@ def sweep(config: str | Path | None, grid_specs: list[str], overrides: list[str]
     Returns:
         One row per cell (see :func:`result_row`), in grid order.
     """
-    from simclr.eval_run import PROTOCOLS, evaluate
+    from simclr.eval_run import evaluate
     from simclr.train import check_writable, pretrain
 
     protocols = list(protocols)

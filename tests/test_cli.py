@@ -170,3 +170,20 @@ def test_interrupt_hint_only_where_a_rerun_resumes(command, message, monkeypatch
     argv = {"pretrain": [], "sweep": ["--out", "x"], "eval": ["x"], "embed": ["x"]}[command]
     assert cli.main([command, *argv]) == 130
     assert capsys.readouterr().err == message + "\n"
+
+
+def test_keys_help_lists_every_key_with_its_default():
+    from simclr.cli import keys_help
+    from simclr.config import Config
+
+    text = keys_help()
+    cfg = Config()
+    for section in cfg.to_dict():
+        line = next(x for x in text.splitlines() if x.strip().startswith(f"{section}:"))
+        assert line.startswith(f"  {section}: ")
+    for section, keys in cfg.to_dict().items():
+        for key in keys:
+            assert f" {key}=" in text.replace("\n", " "), f"{section}.{key}"
+    assert " epochs=100 " in text and " crop_scale=0.08,1 " in text
+    assert "lars 1/0.0001, sgd 0.06/0.0005, adam 0.001/1e-06, adamw 0.001/0.01" in \
+        " ".join(text.split())

@@ -11,7 +11,6 @@ from simclr.config import (
     Config,
     build_config,
     diff,
-    keys_help,
     parse_value,
     save_yaml,
 )
@@ -143,16 +142,3 @@ def test_presets_keep_their_recipe_lr_and_give_other_optimizers_theirs(name, lr,
 def test_common_dataset_spellings_are_accepted(spelling, name):
     assert build_config(overrides=[f"data.name={spelling}"]).data.name == name
 
-
-def test_keys_help_lists_every_key_with_its_default():
-    text = keys_help()
-    cfg = Config()
-    for section in cfg.to_dict():
-        line = next(x for x in text.splitlines() if x.strip().startswith(f"{section}:"))
-        assert line.startswith(f"  {section}: ")
-    for section, keys in cfg.to_dict().items():
-        for key in keys:
-            assert f" {key}=" in text.replace("\n", " "), f"{section}.{key}"
-    assert " epochs=100 " in text and " crop_scale=0.08,1 " in text
-    assert "lars 1/0.0001, sgd 0.06/0.0005, adam 0.001/1e-06, adamw 0.001/0.01" in \
-        " ".join(text.split())

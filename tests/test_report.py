@@ -169,3 +169,23 @@ def test_picture_errors_are_one_line(tmp_path, run_dir):
     assert "config.yaml not found" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(SimCLRError, match="--points"):
         pictures.embed_map(run_dir, tmp_path / "x.png", points=1)
+
+
+def test_neighbors_bank_follows_the_training_subset(tmp_path, monkeypatch):
+    from simclr.config import build_config
+    from simclr.train import pretrain
+    from tests.formats import write_idx
+
+    write_idx(tmp_path / "data", 64, n_test=16)
+    cfg = build_config(overrides={
+        "data.name": "mnist", "data.root": str(tmp_path / "data"), "data.download": False,
+        "data.subset": 24, "model.width": 0.0625, "model.proj_dim": 16,
+        "train.batch_size": 8, "train.epochs": 1, "train.progress": False,
+        "optim.warmup_epochs": 0.0, "eval.every": 0})
+    run_dir = pretrain(cfg, tmp_path / "run", log=lambda *_: None)
+    banks, real = [], pictures.nearest
+    monkeypatch.setattr(pictures, "nearest",
+                        lambda bank, q, k: banks.append(len(bank)) or real(bank, q, k))
+    pictures.neighbors_grid(run_dir, tmp_path / "a.png", queries=2, k=3)
+    pictures.neighbors_grid(run_dir, tmp_path / "b.png", ["eval.subset=40"], queries=2, k=3)
+    assert banks == [24, 40]
