@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from simclr.errors import SimCLRError
+from simclr.errors import SimCLRError  # noqa: F401  (in __all__)
 
 # public name -> the module that defines it
 _EXPORTS = {

@@ -170,16 +170,16 @@ def _augment_preview(args, overrides: list[str]) -> None:
     from simclr.config import build_config
 
     cfg = build_config(args.config, overrides)
-    from simclr.augment import preview
     from simclr.data import load_train
+    from simclr.pictures import augment_preview
     from simclr.train import channel_stats
 
     images, _ = load_train(cfg.data)
     mean, std = cfg.augment.mean, cfg.augment.std
     if mean is None or std is None:
         mean, std = channel_stats(images)
-    preview(images[: args.images], cfg.augment, mean, std, args.out, n_views=args.views,
-            seed=cfg.train.seed)
+    augment_preview(images[: args.images], cfg.augment, mean, std, args.out,
+                    n_views=args.views, seed=cfg.train.seed)
     print(f"wrote {args.out}")
 
 

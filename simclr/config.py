@@ -388,7 +388,7 @@ def diff(a: dict, b: dict) -> list[str]:
 
 
 __all__ = [
-    "OPTIM_DEFAULTS", "Augment", "advice", "Config", "Data", "Eval", "Finetune", "Loss", "Model", "Optim",
-    "Probe", "Train", "build_config", "canonical_dataset", "complete", "diff",
+    "OPTIM_DEFAULTS", "Augment", "Config", "Data", "Eval", "Finetune", "Loss", "Model", "Optim",
+    "Probe", "Train", "advice", "build_config", "canonical_dataset", "complete", "diff",
     "load_yaml", "parse_value", "save_yaml", "set_value", "validate",
 ]

@@ -370,5 +370,5 @@ def read_tar_members(tar_path: str | Path, names: list[str]) -> dict[str, bytes]
 
 
 __all__ = ["RESOURCES", "Resource", "available_memory", "candidate_folders", "check_memory",
-           "corrupt_error", "download", "ensure_files", "md5sum", "read_tar_members", "resource_url",
-           "restricted_load", "safe_extract"]
+           "corrupt_error", "download", "ensure_files", "md5sum", "read_tar_members",
+           "resource_url", "restricted_load", "safe_extract"]

@@ -36,7 +36,6 @@ from simclr.results import (  # noqa: F401  (EVAL_JSON, format_table: re-exporte
 )
 
 
-
 class NormalizedEncoder(nn.Module):
     """Float images in [0, 1] (N x C x H x W) -> features h; applies the run's normalization
     itself, so downstream users need no constants. ``meta`` holds what the run recorded."""

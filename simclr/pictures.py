@@ -1,5 +1,6 @@
 """Pictures of what an encoder learned: a 2-D map of test features (t-SNE, or UMAP when the
-``umap`` package is installed) and a grid of test queries with their nearest train images.
+``umap`` package is installed) and a grid of test queries with their nearest train images;
+and of what it is trained on: a labelled grid of images and their SimCLR views.
 
 Both use the run's own encoder (:func:`simclr.eval_run.load_encoder`) on its labeled data
 (:func:`simclr.eval_run.eval_data`); ``section.key=value`` overrides change the data
@@ -211,8 +212,9 @@ def neighbors_grid(run_dir: str | Path, out: str | Path | None = None,
 
     Neighbours with the query's class have a green border, others red; each cell is titled
     with its class (and, for neighbours, the similarity). The bank is the labeled train
-    split, or with ``data.subset = N`` (and ``eval.subset`` unset) its first N images. Images are drawn pixel-exact
-    (nearest) at about 1.2 inch a cell, so 28 px images are upscaled about 4x.
+    split, or with ``data.subset = N`` (and ``eval.subset`` unset) its first N images. Images
+    are drawn pixel-exact (nearest) at about 1.2 inch a cell, so 28 px images are upscaled
+    about 4x.
 
     Args:
         run_dir: a run dir with ``encoder.safetensors``.
@@ -271,6 +273,79 @@ def neighbors_grid(run_dir: str | Path, out: str | Path | None = None,
     return _save(fig, out if out is not None else run_dir / "plots" / NEIGHBORS_PNG)
 
 
+PREVIEW_PAD = 2  # white border (px) between preview cells, before upscaling
+PREVIEW_LINE = 18  # px per header line of a preview: its title, then the column labels
+
+
+def preview_labels(n_views: int) -> list[str]:
+    """The column labels of an augmentation preview."""
+    return ["original"] + [f"view {i}" for i in range(1, n_views + 1)]
+
+
+def _fit(draw, text: str, font, width: float) -> str:
+    """``text``, its last words cut (with an ellipsis) until it is at most ``width`` px."""
+    words = text.split()
+    while len(words) > 1 and draw.textlength(text, font=font) > width:
+        words = words[:-1]
+        text = " ".join(words) + " ..."
+    return text
+
+
+def augment_preview(images_uint8: Tensor, cfg: C.Augment, mean, std, path: str | Path,
+                    n_views: int = 4, seed: int = 0, title: str | None = None) -> Path:
+    """Write a PNG: a title line, the column labels (``original``, ``view 1``, ...), then one
+    row per image: the original and ``n_views`` SimCLR views of it.
+
+    Cells are separated by a white border and upscaled (nearest) so each is >= 96 px; the
+    header is ``2 * PREVIEW_LINE`` px high.
+
+    Args:
+        images_uint8: N x C x H x W uint8, any device (the work runs on CPU).
+        cfg: the augmentation settings; the default title names them.
+        path: PNG file to write (parent folders are made).
+        seed: seed of the CPU generator, so a preview is reproducible.
+        title: the title line; default the settings of the views and the seed.
+
+    Returns:
+        The path written.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    from simclr.augment import blur_probability, denormalize, simclr_augment, to_float
+
+    x, pad = images_uint8.detach().cpu(), PREVIEW_PAD
+    N, C, H, W = x.shape
+    views = simclr_augment(x.repeat(n_views, 1, 1, 1), cfg, mean, std,
+                           torch.Generator().manual_seed(seed))
+    views = denormalize(views, mean, std).clamp(0, 1).view(n_views, N, C, H, W)
+    cells = torch.cat([to_float(x)[None], views]).transpose(0, 1)  # N x 1+V x C x H x W
+    cells = F.pad(cells, (pad, 0, pad, 0), value=1.0)  # white left/top border per cell
+    grid = cells.permute(2, 0, 3, 1, 4).reshape(C, N * (H + pad), (1 + n_views) * (W + pad))
+    grid = F.pad(grid, (0, pad, 0, pad), value=1.0)  # close the right/bottom edges
+    arr = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0] if C == 1 else np.ascontiguousarray(arr))
+    scale = -(-96 // max(H, W))
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+    page = Image.new(img.mode, (img.width, img.height + 2 * PREVIEW_LINE), "white")
+    page.paste(img, (0, 2 * PREVIEW_LINE))
+    draw, font = ImageDraw.Draw(page), ImageFont.load_default(size=12)
+    if title is None:
+        title = (f"SimCLR views (seed {seed}): crop area {cfg.crop_scale[0]:g}-"
+                 f"{cfg.crop_scale[1]:g}, flip {cfg.flip_p:g}, jitter {cfg.jitter_strength:g} "
+                 f"(p {cfg.jitter_p:g}), gray {cfg.gray_p:g}, blur {blur_probability(cfg, H):g}")
+    draw.text((pad * scale, 3), _fit(draw, title, font, page.width - 2 * pad * scale),
+              fill="black", font=font)
+    for col, label in enumerate(preview_labels(n_views)):
+        center = scale * (pad + col * (W + pad) + W / 2)
+        draw.text((center - draw.textlength(label, font=font) / 2, PREVIEW_LINE + 3), label,
+                  fill="black", font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.save(path)
+    return path
+
+
 def _save(fig, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -279,5 +354,5 @@ def _save(fig, out: str | Path) -> Path:
     return out
 
 
-__all__ = ["class_names", "embed_map", "nearest", "neighbors_grid", "pick_stratified",
-           "run_config"]
+__all__ = ["augment_preview", "class_names", "embed_map", "nearest", "neighbors_grid",
+           "pick_stratified", "preview_labels", "run_config"]

@@ -189,3 +189,34 @@ def test_neighbors_bank_follows_the_training_subset(tmp_path, monkeypatch):
     pictures.neighbors_grid(run_dir, tmp_path / "a.png", queries=2, k=3)
     pictures.neighbors_grid(run_dir, tmp_path / "b.png", ["eval.subset=40"], queries=2, k=3)
     assert banks == [24, 40]
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_augment_preview_png_has_a_title_and_column_labels(tmp_path, c):
+    from simclr.config import Augment
+
+    n, side, views = 3, 32, 4
+    mean, std = ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)) if c == 3 else ((0.3,), (0.3,))
+    x = torch.randint(0, 256, (n, c, side, side), generator=torch.Generator().manual_seed(0),
+                      dtype=torch.uint8)
+    path = pictures.augment_preview(x, Augment(), mean, std, tmp_path / "sub" / "p.png",
+                                    n_views=views, seed=1)
+    scale, pad, line = -(-96 // side), pictures.PREVIEW_PAD, pictures.PREVIEW_LINE
+    cell = (side + pad) * scale
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("L"), dtype=np.float64)
+        assert img.format == "PNG"
+        assert img.size == (((1 + views) * (side + pad) + pad) * scale,
+                            (n * (side + pad) + pad) * scale + 2 * line)
+    assert arr[2 * line:].var() > 100  # the grid
+    assert (arr[:line] < 128).sum() > 200  # a title line of text
+    labels = arr[line:2 * line]
+    for col in range(1 + views):  # a label over every column, inside the column
+        inside = labels[:, col * cell + pad * scale:(col + 1) * cell]
+        assert (inside < 128).sum() > 20, col
+        assert (labels[:, col * cell:col * cell + pad * scale] < 128).sum() == 0
+    assert pictures.preview_labels(views) == ["original", "view 1", "view 2", "view 3",
+                                              "view 4"]
+    again = tmp_path / "again.png"
+    pictures.augment_preview(x, Augment(), mean, std, again, n_views=views, seed=1)
+    assert again.read_bytes() == path.read_bytes()
