@@ -299,27 +299,30 @@ def canonical_dataset(name: str, names: list[str]) -> str:
     return next((n for n in names if _key(n) == _key(name)), name)
 
 
+def _fill_optim(cfg: Config) -> None:
+    for key, value in OPTIM_DEFAULTS.get(cfg.optim.name, {}).items():
+        if getattr(cfg.optim, key) is None:
+            setattr(cfg.optim, key, value)
+
+
 def complete(cfg: Config) -> Config:
     """Fill what the config leaves to its context, in place: the optimizer's lr and weight
     decay where unset (:data:`OPTIM_DEFAULTS`) and the dataset's canonical name."""
     from simclr.data import DATASETS
 
     cfg.data.name = canonical_dataset(cfg.data.name, list(DATASETS))
-    for key, value in OPTIM_DEFAULTS.get(cfg.optim.name, {}).items():
-        if getattr(cfg.optim, key) is None:
-            setattr(cfg.optim, key, value)
+    _fill_optim(cfg)
     return cfg
 
 
 def validate(cfg: Config) -> None:
-    """:func:`complete` the config, then refuse settings that cannot work, each with the fix."""
-    from simclr.data import DATASETS
-    from simclr.models import ARCHS
+    """:func:`complete` the config, then refuse settings that cannot work, each with the fix.
 
-    complete(cfg)
-    _choice("data.name", cfg.data.name, sorted(DATASETS))
-    _choice("model.arch", cfg.model.arch, sorted(ARCHS))
+    The checks that need no registry come first: they import no torch, so a mistyped value
+    fails in a fraction of a second.
+    """
     _choice("optim.name", cfg.optim.name, sorted(OPTIM_DEFAULTS))
+    _fill_optim(cfg)
     _choice("optim.lr_scaling", cfg.optim.lr_scaling, ["linear", "sqrt", "none"])
     _choice("model.stem", cfg.model.stem, ["auto", "cifar", "imagenet"])
     _choice("train.precision", cfg.train.precision, ["auto", "bf16", "fp16", "fp32"])
@@ -333,7 +336,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0 = per epoch)"),
         (cfg.data.subset >= 0, "data.subset must be >= 0 (0 = all)"),
-        (cfg.data.stream != "on" or cfg.data.name == "folder",
+        (cfg.data.stream != "on" or _key(cfg.data.name) == "folder",
          "data.stream=on streams image folders only: set data.name=folder or data.stream=auto"),
         (cfg.data.image_size >= 0, "data.image_size must be >= 0 (0 = native size)"),
         (cfg.model.width > 0, "model.width must be > 0"),
@@ -363,6 +366,12 @@ def validate(cfg: Config) -> None:
     for ok, message in checks:
         if not ok:
             raise SimCLRError(message)
+    from simclr.data import DATASETS  # the registries import torch
+    from simclr.models import ARCHS
+
+    complete(cfg)
+    _choice("data.name", cfg.data.name, sorted(DATASETS))
+    _choice("model.arch", cfg.model.arch, sorted(ARCHS))
 
 
 def advice(cfg: Config) -> list[str]:

@@ -119,6 +119,7 @@ except SystemExit as e:
     (["eval", "--help"], 0, False),
     (["eval", "--protocl=knn"], 2, False),  # a usage error
     (["pretrain", "--train.epoch=3"], 2, True),  # a config typo: the computing command
+    (["pretrain", "--optim.lr=-1"], 2, True),  # a value that cannot work
 ])
 def test_help_and_argument_errors_import_no_torch_and_do_not_reexec(args, code, reexec):
     """What makes --help fast (timed in benchmarks/RESULTS.md): nothing imports torch, and
