@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,24 @@ def plan(config: str | Path | None, grid: list[tuple[str, list[str]]],
                               f"name {name}; use distinct values")
         names[name] = combo
         cells.append(Cell(items, cfg, out / name))
+    _warn_shared_optim_values(config, overrides, keys, cells)
     return cells
+
+
+def _warn_shared_optim_values(config, overrides, grid_keys: list[str], cells: list[Cell]) -> None:
+    """Warn when a grid over optim.name hands every optimizer the same lr / weight decay that
+    the preset or an override set (each optimizer has its own default)."""
+    if "optim.name" not in grid_keys:
+        return
+    given = {o.lstrip("-").partition("=")[0] for o in overrides or []}
+    if config is not None:
+        given |= {f"optim.{k}" for k in (C.load_yaml(config).get("optim") or {})}
+    for key in ("optim.lr", "optim.weight_decay"):
+        if key in given and key not in grid_keys:
+            value = value_text(getattr(cells[0].cfg.optim, key.split(".")[1]))
+            warnings.warn(f"{key}={value} is set for every cell of the optim.name grid, so "
+                          "every optimizer gets it; leave it unset to give each optimizer its "
+                          f"own default, or add {key} to the grid", stacklevel=3)
 
 
 def _check_data(cells: list[Cell]) -> dict[str, int]:
