@@ -333,7 +333,8 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
                 set_lr(optimizer, lr)
                 v1, v2 = two_views(x, cfg.augment, cfg.augment.mean, cfg.augment.std,
                                    step_generator(cfg.train.seed, step, device, stream=rank))
-                views = torch.cat([v1, v2]).contiguous(memory_format=memory_format)  # 2B views
+                views = torch.cat([v1, v2]).contiguous(
+                    memory_format=memory_format)  # 2B x C x H x W
                 if tb is not None and step % steps_per_epoch == 0:
                     tb.views(v1, v2, cfg.augment.mean, cfg.augment.std, step)
                 loss = train_step(train_model, optimizer, scaler, views, cfg, device, precision,
