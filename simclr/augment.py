@@ -20,12 +20,9 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from simclr.config import Augment
 from simclr.runtime import to_device
@@ -34,7 +31,6 @@ from simclr.runtime import to_device
 # differs by at most 0.0001 (0.03 of one 8-bit level).
 LUMA = (0.299, 0.587, 0.114)
 CROP_ATTEMPTS = 10  # rejection-sampling tries of the resized crop, all drawn at once
-_PAD = 2  # white border (px) between preview cells, before upscaling
 
 Stats = Sequence[float] | torch.Tensor
 
@@ -492,40 +488,8 @@ def two_views(x: torch.Tensor, cfg: Augment, mean: Stats, std: Stats,
     return views[: x.shape[0]], views[x.shape[0]:]
 
 
-def preview(images_uint8: torch.Tensor, cfg: Augment, mean: Stats, std: Stats,
-            path: str | Path, n_views: int = 4, seed: int = 0) -> Path:
-    """Write a PNG grid: one row per image, the original then ``n_views`` views.
-
-    Cells are separated by a white border and upscaled (nearest) so each is >= 96 px.
-
-    Args:
-        images_uint8: N x C x H x W uint8, any device (the work runs on CPU).
-        path: PNG file to write (parent folders are made).
-        seed: seed of the CPU generator, so a preview is reproducible.
-
-    Returns:
-        The path written.
-    """
-    x = images_uint8.detach().cpu()
-    N, C, H, W = x.shape
-    views = simclr_augment(x.repeat(n_views, 1, 1, 1), cfg, mean, std,
-                           torch.Generator().manual_seed(seed))
-    views = denormalize(views, mean, std).clamp(0, 1).view(n_views, N, C, H, W)
-    cells = torch.cat([to_float(x)[None], views]).transpose(0, 1)  # N x 1+V x C x H x W
-    cells = F.pad(cells, (_PAD, 0, _PAD, 0), value=1.0)  # white left/top border per cell
-    grid = cells.permute(2, 0, 3, 1, 4).reshape(C, N * (H + _PAD), (1 + n_views) * (W + _PAD))
-    grid = F.pad(grid, (0, _PAD, 0, _PAD), value=1.0)  # close the right/bottom edges
-    arr = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    img = Image.fromarray(arr[..., 0] if C == 1 else np.ascontiguousarray(arr))
-    scale = math.ceil(96 / max(H, W))
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
-
 __all__ = [
     "LUMA", "adjust_hue", "blur_probability", "color_jitter", "denormalize", "gaussian_blur",
-    "grayscale", "hsv_to_rgb", "normalize", "preview", "random_flip", "random_grayscale",
+    "grayscale", "hsv_to_rgb", "normalize", "random_flip", "random_grayscale",
     "random_resized_crop", "rgb_to_hsv", "simclr_augment", "to_float", "two_views",
 ]

@@ -4,10 +4,10 @@ encoder export and the metrics log (trimmed to the checkpoint on resume)."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -18,24 +18,42 @@ from safetensors.torch import load_file, safe_open, save_file
 
 from simclr.errors import SimCLRError
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; run_lock says so and runs unlocked
+    fcntl = None
+
 CHECKPOINT = "checkpoint.pt"
 LOCK = ".lock"
 ENCODER = "encoder.safetensors"
 _ENCODER_FORMAT = "simclr-encoder-v1"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)``, fsync, then rename over ``path``: a reader (or a crash) sees
-    the old file or the new one, never a partial one."""
+    the old file or the new one, never a partial one.
+
+    The file gets the permissions a plain ``open(path, "w")`` gives (0666 less the umask, so
+    usually 0644), whatever ``write`` created it with (safetensors makes its files 0600).
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    if os.name == "nt":  # folders cannot be opened (or fsynced) there
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -52,6 +70,12 @@ def run_lock(run_dir: Path):
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        warnings.warn(f"{run_dir} is not locked: this platform has no fcntl.flock, so nothing "
+                      "stops a second simclr process from writing into it; run one at a time",
+                      stacklevel=3)
+        yield
+        return
     fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -143,7 +167,8 @@ def trim_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except json.JSONDecodeError:
             continue  # a line cut by a crash
-    path.write_text("".join(k + "\n" for k in keep))
+    text = "".join(k + "\n" for k in keep)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def rng_state() -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 import traceback
 import warnings
 from pathlib import Path
@@ -32,45 +33,86 @@ def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> list[
     return out
 
 
+def _text(value) -> str:
+    """A default as it is typed on the command line: ``0.08,1``, ``true``, ``none``."""
+    if isinstance(value, list):
+        return ",".join(_text(v) for v in value)
+    if value is None or isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def keys_help(width: int = 100) -> str:
+    """The ``--section.key=value`` overrides and every key with its default, for ``--help``."""
+    from simclr.config import OPTIM_DEFAULTS, Config
+
+    lines = textwrap.wrap("config overrides: --section.key=value (or --section.key value); "
+                          "lists as --augment.crop_scale=0.2,1. Keys and defaults (their "
+                          "meaning: README, 'Command line'):", width)
+    for section, values in Config().to_dict().items():
+        items = " ".join(f"{k}={_text(v)}" for k, v in values.items())
+        lines += textwrap.wrap(f"{section}: {items}", width, initial_indent="  ",
+                               subsequent_indent="    ")
+    per = ", ".join(f"{n} {_text(d['lr'])}/{_text(d['weight_decay'])}"
+                    for n, d in OPTIM_DEFAULTS.items())
+    lines += textwrap.wrap(f"optim.lr / optim.weight_decay none = the optimizer's own: {per}.",
+                           width)
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="simclr", description="SimCLR contrastive self-supervised learning.",
-        epilog="Config keys: any --section.key=value, e.g. --train.epochs=10 --optim.name=sgd "
-               "(sections: data, augment, model, loss, optim, train).")
+        epilog="Config keys: any --section.key=value, e.g. --train.epochs=10 --optim.name=sgd; "
+               "`simclr COMMAND --help` lists them with their defaults.")
     p.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     sub = p.add_subparsers(dest="command", required=True)
+    keys = keys_help()
 
-    pre = sub.add_parser("pretrain", help="pretrain an encoder (resumes an existing run dir)")
+    def command(name: str, text: str, overrides: bool = True, base: str = ""):
+        """A subcommand; those that take config overrides list the keys in their help."""
+        epilog = (f"{base}\n{keys}" if base else keys) if overrides else \
+            f"simclr {name} takes no config overrides."
+        return sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                              epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    saved = "The run's saved config.yaml is the base; overrides change it for this command.\n"
+    pre = command("pretrain", "pretrain an encoder (resumes an existing run dir)")
     pre.add_argument("--config", type=Path, help="YAML preset, e.g. configs/fashion_mnist_cpu.yaml")
     pre.add_argument("--run-dir", type=Path, help="output folder (default runs/DATA-ARCH-TIME); "
                      "an existing one is resumed")
     pre.add_argument("--force", action="store_true",
                      help="resume even though the config differs from the saved one")
 
-    ev = sub.add_parser("eval", help="linear probe, kNN, k-means (+ baselines) on a run's encoder")
+    ev = command("eval", "linear probe, kNN, k-means (+ baselines) on a run's encoder",
+                 base=saved + "With --encoder FILE and no run dir, data.name and data.image_size "
+                 "are the ones recorded in FILE.\n")
     ev.add_argument("run_dir", type=Path, nargs="?", help="a pretraining run dir")
     ev.add_argument("--protocol", default="linear,knn,kmeans",
                     help="comma list of linear, linear_sgd, knn, kmeans, finetune (default "
                          "linear,knn,kmeans)")
     ev.add_argument("--encoder", type=Path, help="evaluate this encoder.safetensors instead")
 
-    exp = sub.add_parser("export", help="write a run's encoder in another library's key names")
+    exp = command("export", "write a run's encoder in another library's key names",
+                  overrides=False)
     exp.add_argument("run_dir", type=Path, metavar="RUN", help="a run dir or encoder.safetensors")
     exp.add_argument("--format", default="torchvision", choices=["torchvision"],
                      help="torchvision: a state_dict for torchvision.models.resnet18/34/50")
     exp.add_argument("--out", type=Path, help="file (default encoder_torchvision.pt beside "
                      "the encoder)")
 
-    prev = sub.add_parser("augment-preview", help="PNG grid of images and their SimCLR views")
+    prev = command("augment-preview", "PNG grid of images and their SimCLR views")
     prev.add_argument("--config", type=Path, help="YAML preset")
-    prev.add_argument("--out", type=Path, default=Path("augment_preview.png"))
+    prev.add_argument("--out", type=Path, default=Path("augment_preview.png"),
+                      help="PNG to write (default augment_preview.png)")
     prev.add_argument("--images", type=int, default=8, help="rows: images to show")
     prev.add_argument("--views", type=int, default=6, help="views per image")
-    plot = sub.add_parser("plot", help="loss / lr / online kNN curves of one or more runs")
+    plot = command("plot", "loss / lr / online kNN curves of one or more runs",
+                   overrides=False)
     plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     plot.add_argument("--out", type=Path, help="PNG (default RUN_DIR/plots/loss.png)")
 
-    emb = sub.add_parser("embed", help="2-D map (t-SNE, or UMAP) of test features by class")
+    emb = command("embed", "2-D map (t-SNE, or UMAP) of test features by class", base=saved)
     emb.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     emb.add_argument("--out", type=Path, help="PNG (default RUN_DIR/plots/embed.png)")
     emb.add_argument("--points", type=int, default=2000,
@@ -78,15 +120,15 @@ def _parser() -> argparse.ArgumentParser:
     emb.add_argument("--method", default="auto", choices=["auto", "tsne", "umap"],
                      help="auto: UMAP when installed, else t-SNE")
 
-    nbr = sub.add_parser("neighbors", help="PNG grid of test images and their nearest train "
-                         "images in feature space")
+    nbr = command("neighbors", "PNG grid of test images and their nearest train images in "
+                  "feature space", base=saved)
     nbr.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     nbr.add_argument("--out", type=Path, help="PNG (default RUN_DIR/plots/neighbors.png)")
     nbr.add_argument("--queries", type=int, default=8, help="rows: test images")
     nbr.add_argument("--k", type=int, default=8, help="neighbours per query")
 
-    swp = sub.add_parser("sweep", help="pretrain + evaluate every cell of a grid; results "
-                         "table and loss plot")
+    swp = command("sweep", "pretrain + evaluate every cell of a grid; results table and loss "
+                  "plot", base="Overrides apply to every cell; --grid values win.\n")
     swp.add_argument("--config", type=Path, help="YAML preset for every cell")
     swp.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
                      help="values of one key (repeat for more keys; cells = all combinations)")
@@ -95,11 +137,11 @@ def _parser() -> argparse.ArgumentParser:
                      help="comma list of linear, linear_sgd, knn, kmeans, finetune (default "
                          "linear,knn,kmeans)")
 
-    rep = sub.add_parser("report", help="write RUN_DIR/report.md: stats, eval table, pictures, "
-                         "config")
+    rep = command("report", "write RUN_DIR/report.md: stats, eval table, pictures, config",
+                  base=saved)
     rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    bench = sub.add_parser("bench", help="images/s of the full pretraining step vs the bare "
-                           "model step (same model, batch, precision)")
+    bench = command("bench", "images/s of the full pretraining step vs the bare model step "
+                    "(same model, batch, precision)")
     bench.add_argument("--config", type=Path, help="YAML preset (the model, batch, precision)")
     bench.add_argument("--steps", type=int, default=5, help="steps per timed window")
     bench.add_argument("--windows", type=int, default=3, help="timed windows (median is shown)")
@@ -109,15 +151,18 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--compile", action="store_true", help="with --matrix: also compile on")
     bench.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     for sp in (pre, ev, exp, prev, plot, emb, nbr, swp, rep, bench):
-        sp.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+        # SUPPRESS: when absent here it must not reset a top-level `simclr --debug`
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks of errors")
     return p
 
 
 def _pretrain(args, overrides: list[str]) -> None:
     from simclr.config import build_config
+
+    cfg = build_config(args.config, overrides)  # before torch: a typo fails at once
     from simclr.train import pretrain
 
-    cfg = build_config(args.config, overrides)
     pretrain(cfg, args.run_dir, force=args.force)
 
 
@@ -140,18 +185,19 @@ def _export(args, overrides: list[str]) -> None:
 
 
 def _augment_preview(args, overrides: list[str]) -> None:
-    from simclr.augment import preview
     from simclr.config import build_config
-    from simclr.data import load_train
-    from simclr.train import channel_stats
 
     cfg = build_config(args.config, overrides)
+    from simclr.data import load_train
+    from simclr.pictures import augment_preview
+    from simclr.train import channel_stats
+
     images, _ = load_train(cfg.data)
     mean, std = cfg.augment.mean, cfg.augment.std
     if mean is None or std is None:
         mean, std = channel_stats(images)
-    preview(images[: args.images], cfg.augment, mean, std, args.out, n_views=args.views,
-            seed=cfg.train.seed)
+    augment_preview(images[: args.images], cfg.augment, mean, std, args.out,
+                    n_views=args.views, seed=cfg.train.seed)
     print(f"wrote {args.out}")
 
 
@@ -197,10 +243,11 @@ def _report(args, overrides: list[str]) -> None:
 
 
 def _bench(args, overrides: list[str]) -> None:
-    from simclr.bench import run
     from simclr.config import build_config
 
     cfg = build_config(args.config, overrides)
+    from simclr.bench import run
+
     run(cfg, args.steps, args.warmup, args.windows, args.matrix, args.compile, args.json)
 
 
@@ -208,6 +255,12 @@ COMMANDS = {"pretrain": _pretrain, "eval": _eval, "export": _export,
             "augment-preview": _augment_preview,
             "plot": _plot, "embed": _embed, "neighbors": _neighbors, "sweep": _sweep,
             "report": _report, "bench": _bench}
+# Commands that compute with torch: they re-execute once with a caching allocator (after the
+# arguments parsed, so --help and usage errors never pay for it).
+COMPUTE = {"pretrain", "eval", "augment-preview", "embed", "neighbors", "sweep", "report",
+           "bench"}
+# Commands whose work an interrupted run keeps (checkpoints): the same command resumes.
+RESUMABLE = {"pretrain", "sweep"}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -228,19 +281,20 @@ def exit_now(code: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # a real process
-        from simclr.allocator import maybe_reexec
-
-        maybe_reexec(sys.argv[1:])  # use a caching allocator if one is installed
-        exit_now(_main(None))
+        exit_now(_main(None, reexec=True))
     return _main(argv)
 
 
-def _main(argv: list[str] | None) -> int:
+def _main(argv: list[str] | None, reexec: bool = False) -> int:
     warnings.formatwarning = _one_line_warning
     parser = _parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(argv)  # --help and usage errors exit here
     try:
         overrides = _split_overrides(extra, parser)
+        if reexec and args.command in COMPUTE:
+            from simclr.allocator import maybe_reexec
+
+            maybe_reexec(sys.argv[1:])  # use a caching allocator if one is installed
         COMMANDS[args.command](args, overrides)
     except SimCLRError as e:
         if args.debug:
@@ -250,7 +304,8 @@ def _main(argv: list[str] | None) -> int:
         print(f"simclr: error{where}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("simclr: interrupted; run the same command again to resume", file=sys.stderr)
+        hint = "; run the same command again to resume" if args.command in RESUMABLE else ""
+        print(f"simclr: interrupted{hint}", file=sys.stderr)
         return 130
     return 0
 

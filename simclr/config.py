@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from simclr.errors import SimCLRError
+from simclr.yamlio import load_yaml, parse_value, save_yaml  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -24,7 +23,7 @@ class Data:
     name: str = "cifar10"  # cifar10 | cifar100 | stl10 | fashion_mnist | mnist | folder
     root: str | None = None  # folder/archive with the data; None -> default location/cache
     subset: int = 0  # first N training images; 0 = all
-    image_size: int = 0  # resize to this side; 0 = the dataset's native size
+    image_size: int = 0  # resize to this side; 0 = the dataset's native size (folders: 64)
     download: bool = True  # fetch official files (md5-checked) when missing
     split: str = "train"  # training split: train | unlabeled | train+unlabeled (STL-10)
     stream: str = "auto"  # folder: on (decode per batch in workers) | off | auto (when too big)
@@ -74,9 +73,9 @@ class Loss:
 @dataclass
 class Optim:
     name: str = "lars"  # lars | sgd | adam | adamw
-    lr: float = 1.0  # base lr, scaled by lr_scaling with the global batch
+    lr: float | None = None  # base lr, scaled by lr_scaling; None: OPTIM_DEFAULTS[name]
     lr_scaling: str = "linear"  # linear (lr x B/256) | sqrt (lr x sqrt(B), the ref) | none
-    weight_decay: float = 1e-4
+    weight_decay: float | None = None  # None: OPTIM_DEFAULTS[name]
     momentum: float = 0.9
     nesterov: bool = False
     eta: float = 1e-3  # LARS trust coefficient
@@ -146,6 +145,19 @@ class Config:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain nested dict (tuples become lists) for YAML and checkpoints."""
         return _plain(asdict(self))
+
+
+# Each optimizer's lr (before lr_scaling) and weight decay, used where the config leaves them
+# unset (None), so that switching or sweeping optim.name never hands one optimizer another's lr.
+# lars: the reference's CIFAR recipe; sgd: the SGD recipe (91.7% linear on CIFAR-10); adam /
+# adamw: the usual Adam step with L2 (adam) or decoupled (adamw) decay. The resolved values
+# are what config.yaml saves.
+OPTIM_DEFAULTS: dict[str, dict[str, float]] = {
+    "lars": {"lr": 1.0, "weight_decay": 1e-4},
+    "sgd": {"lr": 0.06, "weight_decay": 5e-4},
+    "adam": {"lr": 1e-3, "weight_decay": 1e-6},
+    "adamw": {"lr": 1e-3, "weight_decay": 1e-2},
+}
 
 
 def _plain(obj: Any) -> Any:
@@ -237,29 +249,6 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
     setattr(section, parts[1], _coerce(value, known[parts[1]], dotted))
 
 
-class YAMLLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (no code runs) with YAML 1.2 booleans: only true/false are bools, so
-    ``data.stream: on`` stays the string "on" instead of YAML 1.1's True."""
-
-
-YAMLLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-YAMLLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"))
-
-
-def parse_value(text: str) -> Any:
-    """Parse a command-line value as YAML (``1e-3``, ``true``, ``null``, ``0.2,1``)."""
-    if "," in text and not text.strip().startswith("["):
-        text = f"[{text}]"
-    try:
-        return yaml.load(text, Loader=YAMLLoader)
-    except yaml.YAMLError:
-        return text
-
-
 def _apply_mapping(cfg: Config, mapping: Any, source: str) -> None:
     if not isinstance(mapping, dict):
         raise SimCLRError(f"{source}: expected a mapping of sections, like 'train: {{epochs: 10}}'")
@@ -271,21 +260,6 @@ def _apply_mapping(cfg: Config, mapping: Any, source: str) -> None:
                 set_value(cfg, f"{section}.{key}", value)
             except SimCLRError as e:
                 raise SimCLRError(f"{source}: {e}") from None
-
-
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping with ``yaml.safe_load`` (no code from the file runs)."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise SimCLRError(f"cannot read config {path}: {e.strerror}; check the path") from None
-    try:
-        return yaml.load(text, Loader=YAMLLoader) or {}
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise SimCLRError(f"config {path} is not valid YAML{where}; fix its syntax") from None
 
 
 def build_config(
@@ -329,23 +303,44 @@ def _choice(key: str, value: str, choices: list[str]) -> None:
         )
 
 
-def validate(cfg: Config) -> None:
-    """Refuse settings that cannot work, each with the fix."""
-    from simclr.data import DATASETS
-    from simclr.models import INITS, SHORTCUTS, check_model_arch
-    from simclr.optim import OPTIMIZERS, STEP_RULES
-    from simclr.views import views_checks
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
 
-    _choice("data.name", cfg.data.name, sorted(DATASETS))
-    _choice("optim.name", cfg.optim.name, sorted(OPTIMIZERS))
+
+def canonical_dataset(name: str, names: list[str]) -> str:
+    """``names``' entry spelled like ``name`` up to case, ``-`` and ``_`` (``FashionMNIST``,
+    ``fashion-mnist`` -> ``fashion_mnist``; ``CIFAR-10`` -> ``cifar10``), else ``name``."""
+    return next((n for n in names if _key(n) == _key(name)), name)
+
+
+def _fill_optim(cfg: Config) -> None:
+    for key, value in OPTIM_DEFAULTS.get(cfg.optim.name, {}).items():
+        if getattr(cfg.optim, key) is None:
+            setattr(cfg.optim, key, value)
+
+
+def complete(cfg: Config) -> Config:
+    """Fill what the config leaves to its context, in place: the optimizer's lr and weight
+    decay where unset (:data:`OPTIM_DEFAULTS`) and the dataset's canonical name."""
+    from simclr.data import DATASETS
+
+    cfg.data.name = canonical_dataset(cfg.data.name, list(DATASETS))
+    _fill_optim(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """:func:`complete` the config, then refuse settings that cannot work, each with the fix.
+
+    The checks that need no registry come first: they import no torch, so a mistyped value
+    fails in a fraction of a second.
+    """
+    _choice("optim.name", cfg.optim.name, sorted(OPTIM_DEFAULTS))
+    _fill_optim(cfg)
     _choice("optim.lr_scaling", cfg.optim.lr_scaling, ["linear", "sqrt", "none"])
     _choice("model.stem", cfg.model.stem, ["auto", "cifar", "imagenet"])
-    _choice("model.shortcut", cfg.model.shortcut, list(SHORTCUTS))
-    _choice("model.init", cfg.model.init, list(INITS))
-    check_model_arch(cfg.model)
     _choice("augment.crop_interpolation", cfg.augment.crop_interpolation,
             ["bilinear", "bicubic"])
-    _choice("train.step_rule", cfg.train.step_rule, list(STEP_RULES))
     _choice("train.precision", cfg.train.precision, ["auto", "bf16", "fp16", "fp32"])
     _choice("data.stream", cfg.data.stream, ["auto", "on", "off"])
     checks = [
@@ -358,7 +353,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
         (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0 = per epoch)"),
         (cfg.data.subset >= 0, "data.subset must be >= 0 (0 = all)"),
-        (cfg.data.stream != "on" or cfg.data.name == "folder",
+        (cfg.data.stream != "on" or _key(cfg.data.name) == "folder",
          "data.stream=on streams image folders only: set data.name=folder or data.stream=auto"),
         (cfg.data.image_size >= 0, "data.image_size must be >= 0 (0 = native size)"),
         (cfg.model.width > 0, "model.width must be > 0"),
@@ -385,21 +380,37 @@ def validate(cfg: Config) -> None:
         (cfg.finetune.lr > 0, "finetune.lr must be > 0"),
         (cfg.finetune.epochs >= 1, "finetune.epochs must be >= 1"),
     ]
-    checks += views_checks(cfg.augment.views)
     for p_key in ("flip_p", "jitter_p", "gray_p", "blur_p"):
         p = getattr(cfg.augment, p_key)
         checks.append((p is None or 0 <= p <= 1, f"augment.{p_key} must be in [0, 1]"))
     for ok, message in checks:
         if not ok:
             raise SimCLRError(message)
+    from simclr.data import DATASETS  # the registries import torch
+    from simclr.models import INITS, SHORTCUTS, check_model_arch
+    from simclr.optim import STEP_RULES
+    from simclr.views import views_checks
+
+    complete(cfg)
+    _choice("data.name", cfg.data.name, sorted(DATASETS))
+    check_model_arch(cfg.model)
+    _choice("model.shortcut", cfg.model.shortcut, list(SHORTCUTS))
+    _choice("model.init", cfg.model.init, list(INITS))
+    _choice("train.step_rule", cfg.train.step_rule, list(STEP_RULES))
+    for ok, message in views_checks(cfg.augment.views):
+        if not ok:
+            raise SimCLRError(message)
 
 
-def save_yaml(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config (every key) as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+def advice(cfg: Config) -> list[str]:
+    """Warnings for settings that work but are likely mistakes, each with the fix."""
+    out = []
+    w, e = cfg.optim.warmup_epochs, cfg.train.epochs
+    if w > 0 and w >= e:
+        out.append(f"optim.warmup_epochs={w:g} >= train.epochs={e}: the lr rises for the whole "
+                   "run, never reaches its peak and never decays; lower optim.warmup_epochs "
+                   "(e.g. to a tenth of the epochs)")
+    return out
 
 
 def diff(a: dict, b: dict) -> list[str]:
@@ -414,6 +425,7 @@ def diff(a: dict, b: dict) -> list[str]:
 
 
 __all__ = [
-    "Augment", "Config", "Data", "Eval", "Finetune", "Loss", "Model", "Optim", "Probe", "Train",
-    "build_config", "diff", "load_yaml", "save_yaml", "set_value", "validate",
+    "OPTIM_DEFAULTS", "Augment", "Config", "Data", "Eval", "Finetune", "Loss", "Model", "Optim",
+    "Probe", "Train", "advice", "build_config", "canonical_dataset", "complete", "diff",
+    "load_yaml", "parse_value", "save_yaml", "set_value", "validate",
 ]

@@ -99,6 +99,14 @@ _SUBDIRS: dict[str, tuple[str, ...]] = {"fashion_mnist": ("FashionMNIST/raw",),
                                         "mnist": ("MNIST/raw",)}
 
 
+def candidate_folders(name: str, root: Path) -> list[Path]:
+    """Folders that may hold dataset ``name``'s files, given ``data.root``: the root itself,
+    torchvision's subfolder, and ``<name>`` spelled with ``_`` or ``-`` (so a parent folder
+    such as ``/usr/share/datasets``, holding ``fashion-mnist/``, works too)."""
+    subdirs = (*_SUBDIRS.get(name, ()), name, name.replace("_", "-"))
+    return [root, *(root / s for s in dict.fromkeys(subdirs))]
+
+
 def md5sum(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex md5 of a file, read in chunks."""
     digest = hashlib.md5(usedforsecurity=False)
@@ -139,7 +147,8 @@ def download(url: str, dest: str | Path, md5: str, timeout: float = 30) -> Path:
                     e.close()  # it holds the open response
                 reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or e
                 raise SimCLRError(f"cannot download {url} ({reason}); download it by hand and "
-                                  f"put it in {dest.parent}, or set data.root") from None
+                                  f"put it in {dest.parent}, or point data.root at the folder "
+                                  "that holds it") from None
         got = digest.hexdigest()
         if got != md5.lower():
             raise SimCLRError(f"checksum mismatch for {dest.name} (md5 {got}, expected {md5}): "
@@ -176,7 +185,7 @@ def _present(folder: Path, resource: Resource) -> bool:
 def ensure_files(name: str, root: str | Path, download: bool = True) -> Path:
     """The folder holding dataset ``name``'s files, downloading what is missing.
 
-    Files already in ``root`` (or in torchvision's ``MNIST/raw``-style subfolder) are used as
+    Files already in ``root`` (or a subfolder of :func:`candidate_folders`) are used as
     they are: the readers check their format, not their md5, so recompressed copies (Debian's
     Fashion-MNIST) work. Files we download are md5-checked.
 
@@ -190,7 +199,7 @@ def ensure_files(name: str, root: str | Path, download: bool = True) -> Path:
                           f"{', '.join(RESOURCES)}")
     root = Path(root).expanduser()
     resources = RESOURCES[name]
-    for folder in (root, *(root / s for s in _SUBDIRS.get(name, ()))):
+    for folder in candidate_folders(name, root):
         if all(_present(folder, r) for r in resources):
             return folder
     missing = [r for r in resources if not _present(root, r)]
@@ -199,7 +208,8 @@ def ensure_files(name: str, root: str | Path, download: bool = True) -> Path:
         source = url if len(missing) == 1 else url.rsplit("/", 1)[0] + "/"
         raise SimCLRError(f"{name} files not found in {root}: put "
                           f"{', '.join(r.filename for r in missing)} (from {source}) there, "
-                          "or set data.download=true")
+                          "point data.root at the folder that holds them, or set "
+                          "data.download=true")
     for r in missing:
         _fetch(r, root)
     return root
@@ -359,6 +369,6 @@ def read_tar_members(tar_path: str | Path, names: list[str]) -> dict[str, bytes]
     return out
 
 
-__all__ = ["RESOURCES", "Resource", "available_memory", "check_memory", "corrupt_error",
-           "download", "ensure_files", "md5sum", "read_tar_members", "resource_url",
-           "restricted_load", "safe_extract"]
+__all__ = ["RESOURCES", "Resource", "available_memory", "candidate_folders", "check_memory",
+           "corrupt_error", "download", "ensure_files", "md5sum", "read_tar_members",
+           "resource_url", "restricted_load", "safe_extract"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -29,9 +28,14 @@ from simclr.protocols import (
     pixel_features,
     stratified_split,
 )
-
-EVAL_JSON = "eval.json"
-PROTOCOLS = ("linear", "linear_sgd", "knn", "kmeans", "finetune")
+from simclr.results import (  # noqa: F401  (EVAL_JSON, format_table: re-exported)
+    EVAL_JSON,
+    PROTOCOLS,
+    format_table,
+    read_eval,
+    result_inputs,
+    write_eval,
+)
 
 
 class NormalizedEncoder(nn.Module):
@@ -53,6 +57,12 @@ class NormalizedEncoder(nn.Module):
                                                                               self.meta, c)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Float images in [0, 1], or uint8 images (0-255, divided by 255), N x C x H x W."""
+        if x.dtype == torch.uint8:
+            x = x.float() / 255
+        elif not x.is_floating_point():
+            raise SimCLRError(f"the encoder takes float images in [0, 1] or uint8 images, got "
+                              f"{x.dtype}; convert with x.float() / 255")
         return self.encoder((x - self.mean) / self.std)  # N x D
 
 
@@ -131,26 +141,48 @@ def eval_data(cfg: C.Config) -> dict[str, tuple[Tensor, Tensor]]:
     return {"train": train, "test": test}
 
 
-def _cache_key(path: Path | None, cfg: C.Config, split: str, n: int) -> str:
+def monitor_config(cfg: C.Config) -> C.Config:
+    """``cfg`` for the online kNN monitor and the neighbour bank: with ``data.subset = N`` an
+    unset (0) ``eval.subset`` / ``eval.test_subset`` becomes N, so a run on N images is judged
+    on a bank of those N and at most N test images (``simclr eval`` keeps the full splits)."""
+    if not cfg.data.subset:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    cfg.eval.subset = cfg.eval.subset or cfg.data.subset
+    cfg.eval.test_subset = cfg.eval.test_subset or cfg.data.subset
+    return cfg
+
+
+def _digest(tensors: list[tuple[str, Tensor]]) -> str:
+    """sha256 (20 hex digits) of named tensors: names, dtypes, shapes and bytes."""
     h = hashlib.sha256()
-    if path is not None:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    h.update(json.dumps([cfg.data.name, cfg.data.image_size, cfg.eval.subset,
-                         cfg.eval.test_subset, cfg.probe.split, split, n]).encode())
+    for name, t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()[:20]
 
 
+def model_digest(enc: nn.Module) -> str:
+    """Identity of a module's numbers: the digest of its state (weights, BatchNorm statistics,
+    and for a :class:`NormalizedEncoder` its mean/std)."""
+    return _digest(sorted(enc.state_dict().items()))
+
+
 def features(enc: NormalizedEncoder, data: dict, cfg: C.Config, device: torch.device,
-             precision: str, cache_dir: Path | None = None,
-             source: Path | None = None) -> dict[str, Tensor]:
-    """Train/test features of the frozen encoder, cached in ``cache_dir`` per encoder file."""
+             precision: str, cache_dir: Path | None = None) -> dict[str, Tensor]:
+    """Train/test features of the frozen encoder, cached as safetensors in ``cache_dir``.
+
+    A cache file is keyed by everything that changes the features: the encoder's state
+    (:func:`model_digest`), the images themselves, the precision and the device type.
+    """
     out = {}
+    digest = model_digest(enc) if cache_dir is not None else None
     for split, (images, _) in data.items():
         cache = None
-        if cache_dir is not None and source is not None:
-            cache = cache_dir / f"{_cache_key(source, cfg, split, len(images))}.safetensors"
+        if cache_dir is not None:
+            key = _digest([(digest, images), (f"{device.type}:{precision}", torch.zeros(0))])
+            cache = cache_dir / f"{key}.safetensors"
             if cache.exists():
                 out[split] = load_file(str(cache))["features"]
                 continue
@@ -220,18 +252,40 @@ def run_protocols(feats: dict[str, Tensor], data: dict, protocols: list[str],
     return rows
 
 
+def _eval_config(run_dir: Path | None, enc: NormalizedEncoder,
+                 overrides: list[str] | None) -> C.Config:
+    """The run's saved config, or (an encoder file alone) the dataset and image size the file
+    records; overrides win either way."""
+    if run_dir is not None:
+        cfg_path = Path(run_dir) / "config.yaml"
+        if not cfg_path.exists():
+            raise SimCLRError(f"{cfg_path} not found; is {run_dir} a simclr run dir?")
+        base = C.load_yaml(cfg_path)
+    else:
+        base = {"data": {k: enc.meta[m] for k, m in (("name", "dataset"),
+                                                      ("image_size", "image_size"))
+                         if m in enc.meta}}
+    return C.build_config(overrides=overrides or [], base=base)
+
+
 def evaluate(run_dir: str | Path | None = None, protocols: list[str] | tuple = ("linear", "knn",
              "kmeans"), overrides: list[str] | None = None, encoder_file: str | Path | None = None,
              write: bool = True, log=print, encoder: nn.Module | None = None) -> dict[str, Any]:
-    """Run the evaluation protocols on a run's encoder (and the baselines) and write eval.json.
+    """Run the evaluation protocols on a run's encoder (and the baselines); add the results
+    to eval.json, where each replaces only an older result of its own key (model and its
+    state, protocol, settings; see :mod:`simclr.results`).
 
     Args:
         run_dir: a pretraining run dir (its config.yaml gives the dataset and model).
         protocols: any of linear, linear_sgd, knn, kmeans, finetune.
         overrides: ``section.key=value`` strings (eval.*, probe.*, finetune.*, data.root, ...).
-        encoder_file: evaluate this encoder.safetensors instead of the run's.
+        encoder_file: evaluate this encoder.safetensors instead of the run's; without a run
+            dir, the dataset and image size are those the file records.
         encoder: for a custom encoder: a fresh module of its kind; the run's weights are
             loaded into it, and an untouched copy of it is the random-init baseline.
+
+    Returns:
+        This call's report: its ``results`` are this call's (eval.json holds all).
     """
     from simclr.runtime import resolve_device, resolve_precision
 
@@ -240,16 +294,16 @@ def evaluate(run_dir: str | Path | None = None, protocols: list[str] | tuple = (
         raise SimCLRError(f"unknown protocol '{unknown[0]}'; choose from {', '.join(PROTOCOLS)}")
     if run_dir is None and encoder_file is None:
         raise SimCLRError("give a run dir or --encoder FILE.safetensors")
-    base = None
-    if run_dir is not None:
-        cfg_path = Path(run_dir) / "config.yaml"
-        if not cfg_path.exists():
-            raise SimCLRError(f"{cfg_path} not found; is {run_dir} a simclr run dir?")
-        base = C.load_yaml(cfg_path)
-    cfg = C.build_config(overrides=overrides or [], base=base)
+    if run_dir is not None and not (Path(run_dir) / "config.yaml").exists():
+        raise SimCLRError(f"{Path(run_dir) / 'config.yaml'} not found; is {run_dir} a simclr "
+                          "run dir?")
     source = encoder_path(encoder_file or run_dir)
     fresh = copy.deepcopy(encoder) if encoder is not None else None
     enc = load_encoder(source, encoder)
+    cfg = _eval_config(run_dir, enc, overrides)
+    out_dir = Path(run_dir) if run_dir is not None else source.parent
+    if write:
+        read_eval(out_dir / EVAL_JSON)  # a broken one fails now, not after the work
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     data = eval_data(cfg)
@@ -258,62 +312,39 @@ def evaluate(run_dir: str | Path | None = None, protocols: list[str] | tuple = (
         raise SimCLRError(f"the encoder was trained on {enc.meta['in_channels']}x"
                           f"{enc.meta['image_size']} px images but the eval data is "
                           f"{tuple(data['train'][0].shape[1:])}; set data.* to match the run")
-    out_dir = Path(run_dir) if run_dir is not None else source.parent
     feat_protocols = [p for p in protocols if p != "finetune"]
     models: list[tuple[str, Any]] = [("simclr", enc)]
     if cfg.eval.baselines:
         models += [("random_init", random_encoder_like(enc, cfg.train.seed, fresh)),
                    ("raw_pixels", None)]
+    digests = {name: model_digest(m) if m is not None else None for name, m in models}
+
+    def result(name: str, model, row: dict) -> dict:
+        epoch = model.meta.get("epoch") if model is not None else 0
+        return {"model": name, "model_sha256": digests[name], "epoch": epoch, **row,
+                "inputs": result_inputs(cfg, row["protocol"], precision, device.type)}
+
     results = []
     for name, model in models:
         t = time.perf_counter()
         if model is None:
             feats = {k: pixel_features(v[0]) for k, v in data.items()}
         else:
-            cache = out_dir / "features" if name == "simclr" else None
-            feats = features(model, data, cfg, device, precision, cache, source)
+            feats = features(model, data, cfg, device, precision, out_dir / "features")
         log(f"{name}: features {tuple(feats['train'].shape)} in {time.perf_counter() - t:.1f}s")
-        for row in run_protocols(feats, data, feat_protocols, cfg):
-            results.append({"model": name, "epoch": enc.meta.get("epoch") if name == "simclr"
-                            else 0, **row})
+        results += [result(name, model, row)
+                    for row in run_protocols(feats, data, feat_protocols, cfg)]
     if "finetune" in protocols:
         from simclr.finetune import finetune
         for name, model in models:
             if model is not None:
-                row = finetune(model, data, cfg, device, precision, log=log)
-                results.append({"model": name, "epoch": model.meta.get("epoch"), **row})
+                results.append(result(name, model,
+                                      finetune(model, data, cfg, device, precision, log=log)))
     report = {"run_dir": str(run_dir) if run_dir is not None else None, "encoder": str(source),
               "dataset": cfg.data.name, "epoch": enc.meta.get("epoch"),
               "step": enc.meta.get("step"), "feature_dim": enc.feature_dim,
               "protocols": list(protocols), "results": results}
     if write:
-        text = json.dumps(report, indent=2)
-        atomic_write(out_dir / EVAL_JSON, lambda tmp: tmp.write_text(text))
+        write_eval(out_dir / EVAL_JSON, report)
     return report
 
-
-def format_table(report: dict[str, Any]) -> str:
-    """One row per model, one column per metric."""
-    cols = [("linear", "top1", "linear top1"), ("linear", "top5", "linear top5"),
-            ("linear_sgd", "top1", "linear_sgd top1"),
-            ("knn", "top1", "kNN top1"), ("kmeans", "nmi", "k-means NMI"),
-            ("kmeans", "ari", "ARI"), ("kmeans", "accuracy", "cluster acc"),
-            ("finetune", "top1", "finetune top1")]
-    present = [c for c in cols if any(r["protocol"] == c[0] and r.get(c[1]) is not None
-                                      for r in report["results"])]
-    names = list(dict.fromkeys(r["model"] for r in report["results"]))
-    header = ["model"] + [c[2] for c in present]
-    lines = [header]
-    for name in names:
-        row = [name]
-        for proto, key, _ in present:
-            vals = [r[key] for r in report["results"] if r["model"] == name
-                    and r["protocol"] == proto and r.get(key) is not None]
-            row.append(f"{100 * vals[0]:.2f}" if vals else "-")
-        lines.append(row)
-    widths = [max(len(r[i]) for r in lines) for i in range(len(header))]
-    text = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in lines]
-    test = next((r for r in report["results"]), None)
-    sizes = f" (train {test['n_train']}, test {test['n_test']})" if test else ""
-    return (f"{report['dataset']} epoch {report['epoch']}{sizes}, percent on the test split:\n"
-            + "\n".join(text))

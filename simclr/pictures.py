@@ -1,5 +1,6 @@
 """Pictures of what an encoder learned: a 2-D map of test features (t-SNE, or UMAP when the
-``umap`` package is installed) and a grid of test queries with their nearest train images.
+``umap`` package is installed) and a grid of test queries with their nearest train images;
+and of what it is trained on: a labelled grid of images and their SimCLR views.
 
 Both use the run's own encoder (:func:`simclr.eval_run.load_encoder`) on its labeled data
 (:func:`simclr.eval_run.eval_data`); ``section.key=value`` overrides change the data
@@ -73,28 +74,28 @@ def pick_stratified(labels: Tensor, n: int) -> Tensor:
     return order[torch.argsort(key, stable=True)[:n]]
 
 
-def _encoder_and_data(run_dir: Path, overrides: list[str] | None):
-    from simclr.eval_run import encoder_path, eval_data, load_encoder
+def _encoder_and_data(run_dir: Path, overrides: list[str] | None, bank: bool = False):
+    """The run's config, encoder, labeled data, device and precision; with ``bank`` the data
+    follows ``data.subset`` (:func:`simclr.eval_run.monitor_config`)."""
+    from simclr.eval_run import encoder_path, eval_data, load_encoder, monitor_config
     from simclr.runtime import resolve_device, resolve_precision
 
     cfg = run_config(run_dir, overrides)
-    source = encoder_path(run_dir)
-    enc = load_encoder(source)
-    data = eval_data(cfg)
+    enc = load_encoder(encoder_path(run_dir))
+    data = eval_data(monitor_config(cfg) if bank else cfg)
     shape = (enc.meta["in_channels"], enc.meta["image_size"], enc.meta["image_size"])
     if tuple(data["train"][0].shape[1:]) != shape:
         raise SimCLRError(f"the encoder was trained on {shape[0]}x{shape[1]} px images but the "
                           f"data is {tuple(data['train'][0].shape[1:])}; set data.* to match")
     device = resolve_device(cfg.train.device)
-    return cfg, enc, data, source, device, resolve_precision(cfg.train.precision, device)
+    return cfg, enc, data, device, resolve_precision(cfg.train.precision, device)
 
 
 def _features(enc, split: str, images: Tensor, labels: Tensor, cfg: C.Config, device,
-              precision: str, cache_dir: Path | None, source: Path | None) -> Tensor:
+              precision: str, cache_dir: Path | None) -> Tensor:
     from simclr.eval_run import features
 
-    return features(enc, {split: (images, labels)}, cfg, device, precision, cache_dir,
-                    source)[split]
+    return features(enc, {split: (images, labels)}, cfg, device, precision, cache_dir)[split]
 
 
 def _to_2d(feats: Tensor, method: str, seed: int) -> tuple[np.ndarray, str]:
@@ -140,12 +141,12 @@ def embed_map(run_dir: str | Path, out: str | Path | None = None,
         raise SimCLRError("method umap needs the umap-learn package: pip install umap-learn, "
                           "or use --method tsne")
     run_dir = Path(run_dir)
-    cfg, enc, data, source, device, precision = _encoder_and_data(run_dir, overrides)
+    cfg, enc, data, device, precision = _encoder_and_data(run_dir, overrides)
     images, labels = data["test"]
     full = points >= len(labels)  # the whole split, in file order: evaluate's feature cache
     idx = torch.arange(len(labels)) if full else pick_stratified(labels, points)
     feats = _features(enc, "test", images[idx], labels[idx], cfg, device, precision,
-                      run_dir / "features" if full else None, source if full else None)
+                      run_dir / "features" if full else None)
     labels = labels[idx].numpy()
     coords, name = _to_2d(feats, method, cfg.train.seed)
     n_classes = int(labels.max()) + 1 if labels.max() >= 0 else 0
@@ -210,8 +211,10 @@ def neighbors_grid(run_dir: str | Path, out: str | Path | None = None,
     by cosine similarity of encoder features.
 
     Neighbours with the query's class have a green border, others red; each cell is titled
-    with its class (and, for neighbours, the similarity). Images are drawn pixel-exact
-    (nearest) at about 1.2 inch a cell, so 28 px images are upscaled about 4x.
+    with its class (and, for neighbours, the similarity). The bank is the labeled train
+    split, or with ``data.subset = N`` (and ``eval.subset`` unset) its first N images. Images
+    are drawn pixel-exact (nearest) at about 1.2 inch a cell, so 28 px images are upscaled
+    about 4x.
 
     Args:
         run_dir: a run dir with ``encoder.safetensors``.
@@ -227,13 +230,11 @@ def neighbors_grid(run_dir: str | Path, out: str | Path | None = None,
     if queries < 1 or k < 1:
         raise SimCLRError("--queries and --k must be at least 1")
     run_dir = Path(run_dir)
-    cfg, enc, data, source, device, precision = _encoder_and_data(run_dir, overrides)
+    cfg, enc, data, device, precision = _encoder_and_data(run_dir, overrides, bank=True)
     (xtr, ytr), (xte, yte) = data["train"], data["test"]
-    bank = _features(enc, "train", xtr, ytr, cfg, device, precision, run_dir / "features",
-                     source)
+    bank = _features(enc, "train", xtr, ytr, cfg, device, precision, run_dir / "features")
     q_idx = pick_stratified(yte, queries)
-    q_feats = _features(enc, "test", xte[q_idx], yte[q_idx], cfg, device, precision, None,
-                        None)
+    q_feats = _features(enc, "test", xte[q_idx], yte[q_idx], cfg, device, precision, None)
     sims, nn_idx = nearest(bank, q_feats, k)
     n_classes = int(max(ytr.max(), yte.max())) + 1
     names = class_names(cfg, max(n_classes, 0))
@@ -272,6 +273,79 @@ def neighbors_grid(run_dir: str | Path, out: str | Path | None = None,
     return _save(fig, out if out is not None else run_dir / "plots" / NEIGHBORS_PNG)
 
 
+PREVIEW_PAD = 2  # white border (px) between preview cells, before upscaling
+PREVIEW_LINE = 18  # px per header line of a preview: its title, then the column labels
+
+
+def preview_labels(n_views: int) -> list[str]:
+    """The column labels of an augmentation preview."""
+    return ["original"] + [f"view {i}" for i in range(1, n_views + 1)]
+
+
+def _fit(draw, text: str, font, width: float) -> str:
+    """``text``, its last words cut (with an ellipsis) until it is at most ``width`` px."""
+    words = text.split()
+    while len(words) > 1 and draw.textlength(text, font=font) > width:
+        words = words[:-1]
+        text = " ".join(words) + " ..."
+    return text
+
+
+def augment_preview(images_uint8: Tensor, cfg: C.Augment, mean, std, path: str | Path,
+                    n_views: int = 4, seed: int = 0, title: str | None = None) -> Path:
+    """Write a PNG: a title line, the column labels (``original``, ``view 1``, ...), then one
+    row per image: the original and ``n_views`` SimCLR views of it.
+
+    Cells are separated by a white border and upscaled (nearest) so each is >= 96 px; the
+    header is ``2 * PREVIEW_LINE`` px high.
+
+    Args:
+        images_uint8: N x C x H x W uint8, any device (the work runs on CPU).
+        cfg: the augmentation settings; the default title names them.
+        path: PNG file to write (parent folders are made).
+        seed: seed of the CPU generator, so a preview is reproducible.
+        title: the title line; default the settings of the views and the seed.
+
+    Returns:
+        The path written.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    from simclr.augment import blur_probability, denormalize, simclr_augment, to_float
+
+    x, pad = images_uint8.detach().cpu(), PREVIEW_PAD
+    N, C, H, W = x.shape
+    views = simclr_augment(x.repeat(n_views, 1, 1, 1), cfg, mean, std,
+                           torch.Generator().manual_seed(seed))
+    views = denormalize(views, mean, std).clamp(0, 1).view(n_views, N, C, H, W)
+    cells = torch.cat([to_float(x)[None], views]).transpose(0, 1)  # N x 1+V x C x H x W
+    cells = F.pad(cells, (pad, 0, pad, 0), value=1.0)  # white left/top border per cell
+    grid = cells.permute(2, 0, 3, 1, 4).reshape(C, N * (H + pad), (1 + n_views) * (W + pad))
+    grid = F.pad(grid, (0, pad, 0, pad), value=1.0)  # close the right/bottom edges
+    arr = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = Image.fromarray(arr[..., 0] if C == 1 else np.ascontiguousarray(arr))
+    scale = -(-96 // max(H, W))
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+    page = Image.new(img.mode, (img.width, img.height + 2 * PREVIEW_LINE), "white")
+    page.paste(img, (0, 2 * PREVIEW_LINE))
+    draw, font = ImageDraw.Draw(page), ImageFont.load_default(size=12)
+    if title is None:
+        title = (f"SimCLR views (seed {seed}): crop area {cfg.crop_scale[0]:g}-"
+                 f"{cfg.crop_scale[1]:g}, flip {cfg.flip_p:g}, jitter {cfg.jitter_strength:g} "
+                 f"(p {cfg.jitter_p:g}), gray {cfg.gray_p:g}, blur {blur_probability(cfg, H):g}")
+    draw.text((pad * scale, 3), _fit(draw, title, font, page.width - 2 * pad * scale),
+              fill="black", font=font)
+    for col, label in enumerate(preview_labels(n_views)):
+        center = scale * (pad + col * (W + pad) + W / 2)
+        draw.text((center - draw.textlength(label, font=font) / 2, PREVIEW_LINE + 3), label,
+                  fill="black", font=font)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.save(path)
+    return path
+
+
 def _save(fig, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -280,5 +354,5 @@ def _save(fig, out: str | Path) -> Path:
     return out
 
 
-__all__ = ["class_names", "embed_map", "nearest", "neighbors_grid", "pick_stratified",
-           "run_config"]
+__all__ = ["augment_preview", "class_names", "embed_map", "nearest", "neighbors_grid",
+           "pick_stratified", "preview_labels", "run_config"]

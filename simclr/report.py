@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from simclr import config as C  # noqa: E402
 from simclr.errors import SimCLRError  # noqa: E402
+from simclr.results import EVAL_JSON, format_table, read_eval  # noqa: E402
 
 METRICS = "metrics.jsonl"
 REPORT = "report.md"
@@ -256,7 +257,6 @@ def write_report(run_dir: str | Path, overrides: list[str] | None = None,
     Returns:
         The path of ``report.md``.
     """
-    from simclr.eval_run import EVAL_JSON, format_table
     from simclr.pictures import EMBED_PNG, NEIGHBORS_PNG, embed_map, neighbors_grid
 
     run_dir = Path(run_dir)
@@ -278,9 +278,8 @@ def write_report(run_dir: str | Path, overrides: list[str] | None = None,
     lines += [f"![loss, learning rate and online kNN]({PLOTS}/{LOSS_PNG})", ""]
 
     lines += ["## Evaluation", ""]
-    eval_path = run_dir / EVAL_JSON
-    if eval_path.exists():
-        report = json.loads(eval_path.read_text())
+    report = read_eval(run_dir / EVAL_JSON)
+    if report is not None:
         lines += ["```text", format_table(report), "```", "",
                   f"Protocols and their settings: `{EVAL_JSON}`.", ""]
     else:

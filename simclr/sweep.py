@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,15 @@ from typing import Any
 from simclr import config as C
 from simclr.errors import SimCLRError
 from simclr.report import METRICS, plot_runs, run_stats, value_text
+from simclr.results import EVAL_JSON, PROTOCOLS, read_eval
 
 RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
 LOSS_PNG = "loss.png"
 _SAFE = re.compile(r"[^A-Za-z0-9._+=-]")
+# Settings every table shows beside the grid keys: the lr and weight decay each cell used
+# (each optimizer has its own defaults, so they differ across an optim.name grid).
+SHOWN_SETTINGS = ("optim.lr", "optim.weight_decay")
 METRIC_COLUMNS = ["epochs", "final_loss", "linear_top1", "knn_top1", "nmi", "time_s",
                   "images_per_s"]
 
@@ -121,7 +126,24 @@ def plan(config: str | Path | None, grid: list[tuple[str, list[str]]],
                               f"name {name}; use distinct values")
         names[name] = combo
         cells.append(Cell(items, cfg, out / name))
+    _warn_shared_optim_values(config, overrides, keys, cells)
     return cells
+
+
+def _warn_shared_optim_values(config, overrides, grid_keys: list[str], cells: list[Cell]) -> None:
+    """Warn when a grid over optim.name hands every optimizer the same lr / weight decay that
+    the preset or an override set (each optimizer has its own default)."""
+    if "optim.name" not in grid_keys:
+        return
+    given = {o.lstrip("-").partition("=")[0] for o in overrides or []}
+    if config is not None:
+        given |= {f"optim.{k}" for k in (C.load_yaml(config).get("optim") or {})}
+    for key in ("optim.lr", "optim.weight_decay"):
+        if key in given and key not in grid_keys:
+            value = value_text(getattr(cells[0].cfg.optim, key.split(".")[1]))
+            warnings.warn(f"{key}={value} is set for every cell of the optim.name grid, so "
+                          "every optimizer gets it; leave it unset to give each optimizer its "
+                          f"own default, or add {key} to the grid", stacklevel=3)
 
 
 def _check_data(cells: list[Cell]) -> dict[str, int]:
@@ -165,7 +187,6 @@ def _check_existing(cell: Cell) -> None:
 def cell_state(cell: Cell, total_steps: int, protocols: list[str]) -> tuple[bool, bool]:
     """(trained to ``total_steps``, evaluated at that step with all ``protocols``)."""
     from simclr.checkpoint import CHECKPOINT, load_checkpoint
-    from simclr.eval_run import EVAL_JSON
 
     ckpt = cell.run_dir / CHECKPOINT
     if not ckpt.exists() or not (cell.run_dir / "encoder.safetensors").exists():
@@ -182,22 +203,25 @@ def cell_state(cell: Cell, total_steps: int, protocols: list[str]) -> tuple[bool
 
 
 def _model_metric(report: dict[str, Any] | None, protocol: str, key: str) -> float | None:
-    for r in (report or {}).get("results", []):
+    for r in reversed((report or {}).get("results", [])):  # the newest
         if r["model"] == "simclr" and r["protocol"] == protocol and r.get(key) is not None:
             return r[key]
     return None
 
 
-def result_row(cell: Cell) -> dict[str, Any]:
-    """The grid values and metrics of a cell: run stats + the simclr rows of its eval.json."""
-    from simclr.eval_run import EVAL_JSON
+def table_keys(grid_keys: list[str]) -> list[str]:
+    """The setting columns of a results table: the grid keys, then :data:`SHOWN_SETTINGS`."""
+    return list(grid_keys) + [k for k in SHOWN_SETTINGS if k not in grid_keys]
 
-    path = cell.run_dir / EVAL_JSON
-    report = json.loads(path.read_text()) if path.exists() else None
+
+def result_row(cell: Cell) -> dict[str, Any]:
+    """The settings and metrics of a cell: its grid values and :data:`SHOWN_SETTINGS` (as the
+    cell's resolved config has them), run stats and the simclr rows of its eval.json."""
+    report = read_eval(cell.run_dir / EVAL_JSON)
     empty = {"epochs": 0, "last_loss": None, "time": None, "images_per_s": None}
     stats = run_stats(cell.run_dir) if (cell.run_dir / METRICS).exists() else empty
     row: dict[str, Any] = {"run": cell.name}
-    for key, _ in cell.items:
+    for key in table_keys([k for k, _ in cell.items]):
         section, name = key.split(".")
         row[key] = value_text(getattr(getattr(cell.cfg, section), name))
     row.update({"epochs": stats["epochs"], "final_loss": stats["last_loss"],
@@ -255,8 +279,9 @@ def write_results(rows: list[dict[str, Any]], keys: list[str], out: Path) -> tup
         f"# Sweep {out.name}: {len(rows)} runs\n\n"
         "Accuracies and NMI in percent on the test split, for the simclr encoder at its last "
         "epoch (linear probe with weight decay chosen on a train hold-out, cosine kNN, k-means "
-        "with k = classes); settings in each run's `eval.json`. Loss: the last epoch's mean "
-        "NT-Xent. Train time: training seconds.\n\n"
+        "with k = classes); settings in each run's `eval.json`. optim.lr: the base lr each cell "
+        "used, before lr_scaling with the batch (each optimizer has its own default). Loss: the "
+        "last epoch's mean NT-Xent. Train time: training seconds.\n\n"
         + format_results(rows, keys) + f"\n\n![loss of every run]({LOSS_PNG})\n")
     return md_path, csv_path
 
@@ -276,7 +301,7 @@ def sweep(config: str | Path | None, grid_specs: list[str], overrides: list[str]
     Returns:
         One row per cell (see :func:`result_row`), in grid order.
     """
-    from simclr.eval_run import PROTOCOLS, evaluate
+    from simclr.eval_run import evaluate
     from simclr.train import check_writable, pretrain
 
     protocols = list(protocols)
@@ -310,7 +335,7 @@ def sweep(config: str | Path | None, grid_specs: list[str], overrides: list[str]
             log(f"{head}: failed: {e}")
             failed.append(cell.name)
     rows = [result_row(cell) for cell in cells]
-    write_results(rows, [k for k, _ in grid], out)
+    write_results(rows, table_keys([k for k, _ in grid]), out)
     plotted = [c.run_dir for c in cells if (c.run_dir / METRICS).exists()]
     if plotted:
         plot_runs(plotted, out / LOSS_PNG, title=f"sweep {out.name}: {len(plotted)} runs")
@@ -321,4 +346,4 @@ def sweep(config: str | Path | None, grid_specs: list[str], overrides: list[str]
     return rows
 
 __all__ = ["Cell", "cell_name", "cell_state", "format_results", "parse_grid", "plan",
-           "result_row", "split_values", "sweep", "write_results"]
+           "result_row", "split_values", "sweep", "table_keys", "write_results"]

@@ -40,7 +40,7 @@ from simclr.checkpoint import (
 )
 from simclr.data import load_train
 from simclr.errors import SimCLRError
-from simclr.eval_run import eval_data, knn_monitor
+from simclr.eval_run import eval_data, knn_monitor, monitor_config
 from simclr.folder import list_folder
 from simclr.loader import TensorLoader, batch_labels
 from simclr.loss import multi_nt_xent, nt_xent
@@ -342,7 +342,7 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
     every, monitor = monitor_every(cfg), None
     if every and main:
         try:
-            monitor = eval_data(cfg)  # labeled train (bank) + test images, uint8 on the CPU
+            monitor = eval_data(monitor_config(cfg))  # labeled bank + test, uint8 on the CPU
         except SimCLRError as e:
             log(f"kNN monitor off: {e}")
     dist.wait_for_main()  # rank 0 alone loaded the monitor's images
@@ -356,17 +356,21 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
                 f"in {run_dir} is kept; lower optim.lr, or use train.precision=bf16/fp32 if "
                 "fp16 overflowed")
 
-    def checkpoint() -> None:
+    def checkpoint(unlogged: float = 0.0) -> None:
+        """Save the state; ``unlogged``: training seconds since the last log window."""
         guard_finite()
         epoch_total = float(dist.reduce_mean(epoch_loss))
         if main:
             save_checkpoint(ckpt_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "step": step, "epoch": step // steps_per_epoch,
-                "elapsed": elapsed, "loss_history": history, "epoch_loss_sum": epoch_total,
+                "elapsed": elapsed + unlogged, "loss_history": history,
+                "epoch_loss_sum": epoch_total,
                 "config": cfg.to_dict(), "rng": rng_state()})
         dist.wait_for_main()  # the others wait for the write without a collective's timeout
 
+    for message in C.advice(cfg) if main else []:  # after every check that can refuse the run
+        warnings.warn(message, stacklevel=3)
     streamed = f" streamed by {loader.workers} workers" if isinstance(loader, StreamLoader) else ""
     log(f"simclr: {cfg.data.name} {n} images {in_channels}x{image_size}x{image_size}{streamed}, "
         f"{cfg.model.arch} x{cfg.model.width} on {device} ({precision})"
@@ -385,42 +389,44 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
         window_steps, t0 = 0, time.perf_counter()
         batches = loader.batches(epoch, first)
         ys = batch_labels(loader, labels, epoch, first) if labels is not None else None
-        for x in batches:
-            lr = lr_at(step, peak_lr, warmup_steps, total_steps)
-            set_lr(optimizer, lr)
-            views = [v.contiguous(memory_format=memory_format) for v in make_views(
-                x, cfg.augment, cfg.augment.mean, cfg.augment.std,
-                step_generator(cfg.train.seed, step, stream=rank))]  # one per size
-            b = x.shape[0]
-            if tb is not None and step % steps_per_epoch == 0 and len(views[0]) >= 2 * b:
-                tb.views(views[0][:b], views[0][b:2 * b], cfg.augment.mean, cfg.augment.std,
-                         step)
-            loss = train_step(train_model, optimizer, scaler,
-                              views[0] if len(views) == 1 else views, cfg, device, precision,
-                              rank, gather, next(ys) if ys is not None else None)
-            step, window_steps = step + 1, window_steps + 1
-            window_loss += loss
-            epoch_loss += loss
-            bar.update(1)
-            if step % cfg.train.log_every == 0 or step % steps_per_epoch == 0 or step >= stop:
-                guard_finite()
-                dt = time.perf_counter() - t0
-                elapsed += dt
-                mean_loss = float(dist.reduce_mean(window_loss)) / window_steps
-                speed = window_steps * cfg.train.batch_size / dt
-                if main:
-                    record({
-                        "kind": "window", "epoch": epoch + 1, "step": step, "loss": mean_loss,
-                        "lr": lr, "images_per_s": speed, "time": elapsed})
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}", img_s=f"{speed:.0f}")
-                window_loss.zero_()
-                window_steps, t0 = 0, time.perf_counter()
-            if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 \
-                    and step % steps_per_epoch and step < stop:
-                checkpoint()  # mid-epoch; the epoch end checkpoints below
-            if step >= stop:
-                break
-        bar.close()
+        with bar:  # closed on an interrupt too: the bar clears its line before any message
+            for x in batches:
+                lr = lr_at(step, peak_lr, warmup_steps, total_steps)
+                set_lr(optimizer, lr)
+                views = [v.contiguous(memory_format=memory_format) for v in make_views(
+                    x, cfg.augment, cfg.augment.mean, cfg.augment.std,
+                    step_generator(cfg.train.seed, step, stream=rank))]  # one per size
+                b = x.shape[0]
+                if tb is not None and step % steps_per_epoch == 0 and len(views[0]) >= 2 * b:
+                    tb.views(views[0][:b], views[0][b:2 * b], cfg.augment.mean,
+                             cfg.augment.std, step)
+                loss = train_step(train_model, optimizer, scaler,
+                                  views[0] if len(views) == 1 else views, cfg, device,
+                                  precision, rank, gather, next(ys) if ys is not None else None)
+                step, window_steps = step + 1, window_steps + 1
+                window_loss += loss
+                epoch_loss += loss
+                bar.update(1)
+                if step % cfg.train.log_every == 0 or step % steps_per_epoch == 0 or step >= stop:
+                    guard_finite()
+                    dt = time.perf_counter() - t0
+                    elapsed += dt
+                    mean_loss = float(dist.reduce_mean(window_loss)) / window_steps
+                    speed = window_steps * cfg.train.batch_size / dt
+                    if main:
+                        record({
+                            "kind": "window", "epoch": epoch + 1, "step": step,
+                            "loss": mean_loss, "lr": lr, "images_per_s": speed,
+                            "time": elapsed})
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}",
+                                    img_s=f"{speed:.0f}")
+                    window_loss.zero_()
+                    window_steps, t0 = 0, time.perf_counter()
+                if cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0 \
+                        and step % steps_per_epoch and step < stop:
+                    checkpoint(time.perf_counter() - t0)  # mid-epoch; the epoch end's is below
+                if step >= stop:
+                    break
         if step % steps_per_epoch == 0 or step == total_steps:  # the last may be partial
             done = step - epoch * steps_per_epoch  # steps of this epoch
             history.append(float(dist.reduce_mean(epoch_loss)) / done)
@@ -454,5 +460,6 @@ def _pretrain(cfg: C.Config, run_dir: Path, force: bool, log,
     if step >= total_steps:
         log(f"done: {run_dir / ENCODER}")
     else:
-        log(f"stopped at step {step} of {total_steps} (train.max_steps); run again to resume")
+        log(f"stopped at step {step} of {total_steps} (train.max_steps={cfg.train.max_steps}); "
+            "to go on, run the same command with a larger --train.max_steps (0 = no limit)")
     return run_dir

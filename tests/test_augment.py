@@ -1,14 +1,12 @@
 """Batched augmentations vs slow per-pixel references (colorsys, numpy) and exact identities."""
 
 import colorsys
-import math
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from simclr import augment as A
 from simclr.config import Augment
@@ -311,7 +309,7 @@ def test_crop_boxes_fallback_and_output_aspect():
         assert (b[:, 1] + b[:, 3] <= hw[0] + 1e-4).all()
 
 
-# ---------------------------------------------------------------- normalisation and preview
+# ---------------------------------------------------------------- normalisation
 
 
 def test_normalize_round_trip():
@@ -321,25 +319,6 @@ def test_normalize_round_trip():
     torch.testing.assert_close(A.denormalize(y, MEAN3, STD3), x)
     assert torch.equal(A.to_float(torch.tensor([0, 255], dtype=torch.uint8)),
                        torch.tensor([0.0, 1.0]))
-
-
-@pytest.mark.parametrize("c", [1, 3])
-def test_preview_png(tmp_path, c):
-    n, side, views = 3, 32, 4
-    mean, std = stats(c)
-    path = A.preview(images(n, c, side), Augment(), mean, std, tmp_path / "sub" / "p.png",
-                     n_views=views, seed=1)
-    with Image.open(path) as img:
-        arr = np.asarray(img.convert("RGB"), dtype=np.float64)
-        scale = math.ceil(96 / side)
-        pad = A._PAD
-        assert img.format == "PNG"
-        assert img.size == (((1 + views) * (side + pad) + pad) * scale,
-                            (n * (side + pad) + pad) * scale)
-    assert arr.var() > 100
-    again = tmp_path / "again.png"
-    A.preview(images(n, c, side), Augment(), mean, std, again, n_views=views, seed=1)
-    assert again.read_bytes() == path.read_bytes()
 
 
 @pytest.mark.parametrize("c, expected", [

@@ -88,3 +88,103 @@ def test_augment_preview_writes_png(tmp_path):
         w, h = im.size
         assert w > h > 0  # 3 rows of 1 original + 4 views
         assert len(set(im.convert("L").tobytes())) > 10
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_before_or_after_the_subcommand(tmp_path, where):
+    args = ["--debug", "eval", tmp_path] if where == "before" else ["eval", tmp_path, "--debug"]
+    proc = simclr(*args)
+    assert proc.returncode == 2
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("simclr: error: ")
+    one_line_error(simclr("eval", tmp_path), "config.yaml not found")  # and without --debug
+
+
+FAST_PATH = """
+import sys
+import simclr.allocator, simclr.cli as cli
+calls = []
+simclr.allocator.maybe_reexec = lambda argv: calls.append(argv)
+cli.exit_now = lambda code: print("exit", code, calls, "torch" in sys.modules)
+sys.argv = ["simclr", *sys.argv[1:]]
+try:
+    cli.main()
+except SystemExit as e:
+    print("exit", e.code, calls, "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("args,code,reexec", [
+    (["--help"], 0, False),
+    (["eval", "--help"], 0, False),
+    (["eval", "--protocl=knn"], 2, False),  # a usage error
+    (["pretrain", "--train.epoch=3"], 2, True),  # a config typo: the computing command
+    (["pretrain", "--optim.lr=-1"], 2, True),  # a value that cannot work
+])
+def test_help_and_argument_errors_import_no_torch_and_do_not_reexec(args, code, reexec):
+    """What makes --help fast (timed in benchmarks/RESULTS.md): nothing imports torch, and
+    the allocator re-exec is left to commands that compute."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", FAST_PATH, *args], env=env,
+                          capture_output=True, text=True, timeout=300)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == f"exit {code} {[args] if reexec else []} False", proc.stdout + proc.stderr
+
+
+def test_import_simclr_is_light_and_the_api_is_there():
+    script = ("import sys, simclr; light = 'torch' not in sys.modules; "
+              "from simclr import nt_xent, pretrain, SimCLRError; "
+              "print(light, callable(simclr.evaluate), 'torch' in sys.modules, "
+              "sorted(simclr.__all__) == sorted(set(dir(simclr)) & set(simclr.__all__)))")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.stdout.split() == ["True", "True", "True", "True"], proc.stderr
+
+
+def test_subcommand_help_lists_the_config_keys():
+    for command in ("pretrain", "eval", "sweep", "bench", "embed", "neighbors",
+                    "augment-preview", "report"):
+        out = simclr(command, "--help").stdout
+        assert "--section.key=value" in out, command
+        assert "  train: batch_size=512 epochs=100" in out, command
+        assert "data: name=cifar10 root=none subset=0 image_size=0" in out, command
+    assert "takes no config overrides" in simclr("plot", "--help").stdout
+    assert "PNG to write (default augment_preview.png)" in simclr("augment-preview",
+                                                                   "--help").stdout
+    assert "recorded in FILE" in simclr("eval", "--help").stdout
+
+
+@pytest.mark.parametrize("command,message", [
+    ("pretrain", "simclr: interrupted; run the same command again to resume"),
+    ("sweep", "simclr: interrupted; run the same command again to resume"),
+    ("eval", "simclr: interrupted"),
+    ("embed", "simclr: interrupted"),
+])
+def test_interrupt_hint_only_where_a_rerun_resumes(command, message, monkeypatch, capsys):
+    from simclr import cli
+
+    def interrupted(args, overrides):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, command, interrupted)
+    argv = {"pretrain": [], "sweep": ["--out", "x"], "eval": ["x"], "embed": ["x"]}[command]
+    assert cli.main([command, *argv]) == 130
+    assert capsys.readouterr().err == message + "\n"
+
+
+def test_keys_help_lists_every_key_with_its_default():
+    from simclr.cli import keys_help
+    from simclr.config import Config
+
+    text = keys_help()
+    cfg = Config()
+    for section in cfg.to_dict():
+        line = next(x for x in text.splitlines() if x.strip().startswith(f"{section}:"))
+        assert line.startswith(f"  {section}: ")
+    for section, keys in cfg.to_dict().items():
+        for key in keys:
+            assert f" {key}=" in text.replace("\n", " "), f"{section}.{key}"
+    assert " epochs=100 " in text and " crop_scale=0.08,1 " in text
+    assert "lars 1/0.0001, sgd 0.06/0.0005, adam 0.001/1e-06, adamw 0.001/0.01" in \
+        " ".join(text.split())

@@ -3,9 +3,18 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
-from simclr.config import Config, build_config, diff, parse_value, save_yaml
+from simclr.config import (
+    OPTIM_DEFAULTS,
+    Config,
+    build_config,
+    diff,
+    parse_value,
+    save_yaml,
+)
 from simclr.errors import SimCLRError
+from simclr.optim import OPTIMIZERS
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
@@ -75,7 +84,8 @@ def test_yaml_cannot_run_code(tmp_path):
 
 
 def test_diff_lists_changed_keys():
-    a, b = Config().to_dict(), build_config(overrides=["train.epochs=1", "model.width=0.5"])
+    # build_config() is the resolved default config (Config() leaves the lr to the optimizer)
+    a, b = build_config().to_dict(), build_config(overrides=["train.epochs=1", "model.width=0.5"])
     assert diff(a, b.to_dict()) == ["model.width", "train.epochs"]
 
 
@@ -92,3 +102,44 @@ def test_on_off_stay_strings_in_files_and_overrides(tmp_path):
     assert cfg.data.stream == "off" and cfg.train.progress is False
     assert build_config(path, {"data.stream": parse_value("on")}).data.stream == "on"
     assert parse_value("true") is True and parse_value("no") == "no"
+
+
+def test_each_optimizer_gets_its_own_lr_and_weight_decay_unless_set(tmp_path):
+    assert set(OPTIM_DEFAULTS) == set(OPTIMIZERS)
+    assert Config().optim.lr is None and Config().optim.weight_decay is None  # unset
+    got = {name: (c.optim.lr, c.optim.weight_decay) for name in OPTIMIZERS
+           for c in [build_config(overrides=[f"optim.name={name}"])]}
+    assert got == {"lars": (1.0, 1e-4), "sgd": (0.06, 5e-4), "adam": (1e-3, 1e-6),
+                   "adamw": (1e-3, 1e-2)}
+    # a value the user sets is kept, whatever the optimizer; the other one still defaults
+    cfg = build_config(overrides=["optim.name=adam", "optim.lr=0.5"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.5, 1e-6)
+    # the resolved values are what config.yaml saves, so a resume sees the same numbers
+    save_yaml(cfg, tmp_path / "c.yaml")
+    saved = yaml.safe_load((tmp_path / "c.yaml").read_text())["optim"]
+    assert (saved["lr"], saved["weight_decay"]) == (0.5, 1e-6)
+    assert build_config(overrides={"optim.name": "sgd"}, base={"optim": saved}).optim.lr == 0.5
+
+
+@pytest.mark.parametrize("name,lr,wd,own_wd", [
+    ("fashion_mnist_cpu.yaml", 1.0, 1e-4, False), ("fashion_mnist_cpu_long.yaml", 1.0, 1e-4, False),
+    ("cifar10_resnet18_lars.yaml", 1.0, 1e-4, False), ("cifar10_resnet50.yaml", 1.0, 1e-6, True),
+    ("cifar10_resnet18_sgd.yaml", 0.06, 5e-4, False)])
+def test_presets_keep_their_recipe_lr_and_give_other_optimizers_theirs(name, lr, wd, own_wd):
+    path = Path(__file__).parent.parent / "configs" / name
+    cfg = build_config(path)
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (lr, wd)
+    other = "adam" if cfg.optim.name != "adam" else "sgd"
+    cfg = build_config(path, [f"optim.name={other}"])  # e.g. a sweep over optim.name
+    # a preset's own weight decay (the paper's 1e-6 for R50) is kept, the rest are the other's
+    want = OPTIM_DEFAULTS[other]["lr"], wd if own_wd else OPTIM_DEFAULTS[other]["weight_decay"]
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == want
+
+
+@pytest.mark.parametrize("spelling,name", [
+    ("FashionMNIST", "fashion_mnist"), ("fashion-mnist", "fashion_mnist"),
+    ("Fashion_MNIST", "fashion_mnist"), ("CIFAR10", "cifar10"), ("CIFAR-100", "cifar100"),
+    ("STL10", "stl10"), ("cifar100-coarse", "cifar100_coarse"), ("MNIST", "mnist")])
+def test_common_dataset_spellings_are_accepted(spelling, name):
+    assert build_config(overrides=[f"data.name={spelling}"]).data.name == name
+

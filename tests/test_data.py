@@ -452,3 +452,16 @@ def test_py2_pickle_uses_python2_opcodes():
     ops = {op.name for op, _, _ in pickletools.genops(io.BytesIO(blob))}
     assert "SHORT_BINSTRING" in ops and "BINBYTES" not in ops and "SHORT_BINBYTES" not in ops
     assert b"numpy.core.multiarray\n_reconstruct\n" in blob
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="needs the real Fashion-MNIST: apt-get install -y "
+                    "dataset-fashion-mnist")
+@pytest.mark.parametrize("name", ["fashion_mnist", "FashionMNIST", "fashion-mnist"])
+def test_real_fashion_mnist_from_its_parent_folder_and_common_names(name):
+    from simclr.config import build_config
+
+    cfg = build_config(overrides={"data.name": name, "data.root": "/usr/share/datasets",
+                                  "data.download": False, "data.subset": 10})
+    images, labels = load_train(cfg.data)
+    assert cfg.data.name == "fashion_mnist" and images.shape == (10, 1, 28, 28)

@@ -21,6 +21,7 @@ from simclr.download import (
     RESOURCES,
     Resource,
     available_memory,
+    candidate_folders,
     check_memory,
     download,
     ensure_files,
@@ -151,6 +152,19 @@ def test_download_offline_names_where_to_put_the_file(tmp_path):
     assert leftovers(dest.parent) == []
 
 
+def test_offline_errors_point_at_data_root_without_asking_to_set_it(tmp_path):
+    """With data.root set (and wrong), "or set data.root" would mislead: the fix named is to
+    point it at the folder that holds the files."""
+    with pytest.raises(SimCLRError) as err:
+        download("http://127.0.0.1:1/x", tmp_path / "d" / "x", "0" * 32, timeout=5)
+    assert one_line(err).endswith("or point data.root at the folder that holds it")
+    assert "set data.root" not in one_line(err)
+    with pytest.raises(SimCLRError) as err:
+        ensure_files("mnist", tmp_path, download=False)
+    assert "point data.root at the folder that holds them, or set data.download=true" in \
+        one_line(err)
+
+
 def test_download_keeps_existing_file_on_failure(tmp_path, payload):
     src, _, _ = payload
     dest = tmp_path / "blob.bin"
@@ -181,6 +195,19 @@ def test_ensure_files_accepts_extracted_and_torchvision_layouts(tmp_path):
     for r in RESOURCES["fashion_mnist"]:
         (raw / r.alternatives[0]).write_bytes(b"")  # uncompressed names count too
     assert ensure_files("fashion_mnist", tmp_path, download=False) == raw
+
+
+@pytest.mark.parametrize("folder", ["fashion-mnist", "fashion_mnist"])
+def test_ensure_files_finds_the_dataset_below_a_parent_folder(tmp_path, folder):
+    """data.root=/usr/share/datasets holds Debian's fashion-mnist/ folder."""
+    sub = tmp_path / folder
+    sub.mkdir()
+    for r in RESOURCES["fashion_mnist"]:
+        (sub / r.filename).write_bytes(b"")
+    assert ensure_files("fashion_mnist", tmp_path, download=False) == sub
+    assert candidate_folders("fashion_mnist", tmp_path) == [
+        tmp_path, tmp_path / "FashionMNIST/raw", tmp_path / "fashion_mnist",
+        tmp_path / "fashion-mnist"]
 
 
 def test_ensure_files_downloads_and_checks_md5(tmp_path, payload, monkeypatch):

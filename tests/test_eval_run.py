@@ -3,17 +3,21 @@ cache, the online monitor, the 80/20 protocol and fine-tuning."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import simclr
 import simclr.eval_run as eval_run
 from simclr.config import build_config
 from simclr.errors import SimCLRError
+from simclr.report import write_report
+from simclr.results import format_table, merge_results, result_inputs, result_key
 from simclr.train import pretrain
 from tests.formats import write_image_folder
 
@@ -106,3 +110,115 @@ def test_unknown_protocol_and_missing_run(tmp_path, run_dir):
         simclr.evaluate(run_dir, ["linaer"])
     with pytest.raises(SimCLRError, match="not a simclr run dir|config.yaml not found"):
         simclr.evaluate(tmp_path, ["knn"])
+
+
+def quiet_eval(*args, **kwargs):
+    return simclr.evaluate(*args, log=lambda *_: None, **kwargs)
+
+
+@pytest.fixture
+def fresh_run(run_dir, tmp_path):
+    """A copy of the module's run without its eval.json or feature cache."""
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("eval.json", "features"))
+    return copy
+
+
+def test_eval_json_accumulates_and_a_repeat_replaces_only_its_own_entry(fresh_run):
+    """Issue 16's reproduction: eval, then eval --protocol finetune, then report."""
+    quiet_eval(fresh_run, ["linear", "knn", "kmeans"], ["eval.kmeans_init=2"])
+    first = json.loads((fresh_run / "eval.json").read_text())
+    returned = quiet_eval(fresh_run, ["finetune"], ["finetune.epochs=1", "finetune.labels=0.5"])
+    assert {r["protocol"] for r in returned["results"]} == {"finetune"}  # this call's
+    both = json.loads((fresh_run / "eval.json").read_text())
+    models = ("simclr", "random_init", "raw_pixels")
+    assert [(r["model"], r["protocol"]) for r in both["results"]] == [
+        (m, p) for m in models for p in ("linear", "knn", "kmeans")] + [
+        ("simclr", "finetune"), ("random_init", "finetune")]
+    assert both["results"][:9] == first["results"]  # the earlier results, untouched
+    assert both["protocols"] == ["linear", "knn", "kmeans", "finetune"]
+    table = format_table(both)
+    assert table.splitlines()[1].split() == ["model", "linear", "top1", "linear", "top5",
+                                             "kNN", "top1", "k-means", "NMI", "ARI", "cluster",
+                                             "acc", "finetune", "top1"]
+    assert table.splitlines()[2].split()[0] == "simclr" and "-" not in \
+        table.splitlines()[2].split()[1:]  # every protocol's number on the simclr row
+    assert "finetune top1" in write_report(fresh_run, log=lambda *_: None).read_text()
+
+    # the same settings again: only the kNN entries are replaced (and move to the end)
+    again = quiet_eval(fresh_run, ["knn"], ["eval.kmeans_init=2"])
+    now = json.loads((fresh_run / "eval.json").read_text())["results"]
+    assert len(now) == 11 and now[-3:] == again["results"]
+    assert [r for r in now[:-3]] == [r for r in both["results"] if r["protocol"] != "knn"]
+    # other settings are another entry; the table shows the newest of each cell
+    k5 = quiet_eval(fresh_run, ["knn"], ["eval.knn_k=5", "eval.baselines=false"])
+    now = json.loads((fresh_run / "eval.json").read_text())
+    knn = [r for r in now["results"] if r["model"] == "simclr" and r["protocol"] == "knn"]
+    assert [r["inputs"]["eval.knn_k"] for r in knn] == [20, 5]
+    assert knn[-1] == k5["results"][0]
+    simclr_row = format_table(now).splitlines()[2].split()
+    assert simclr_row[3] == f"{100 * knn[-1]['top1']:.2f}"
+
+
+def test_results_of_other_split_sizes_get_rows_of_their_own(fresh_run):
+    quiet_eval(fresh_run, ["knn"], ["eval.baselines=false"])
+    quiet_eval(fresh_run, ["knn"], ["eval.baselines=false", "eval.subset=64",
+                                    "eval.test_subset=40"])
+    lines = format_table(json.loads((fresh_run / "eval.json").read_text())).splitlines()
+    assert lines[0] == "mnist epoch 2, percent on the test split:"
+    assert [x.split("  ")[0].strip() for x in lines[2:]] == [
+        "simclr (train 128, test 48)", "simclr (train 64, test 40)"]
+
+
+def test_result_keys():
+    cfg = build_config(overrides={"data.name": "mnist"})
+    inputs = result_inputs(cfg, "knn", "fp32", "cpu")
+    assert inputs == {"data.name": "mnist", "data.image_size": 0, "eval.subset": 0,
+                      "eval.test_subset": 0, "probe.split": 0.0, "train.seed": 0,
+                      "eval.knn_k": 200, "eval.knn_temperature": 0.1, "precision": "fp32",
+                      "device": "cpu"}
+    row = {"model": "simclr", "model_sha256": "ab", "protocol": "knn", "inputs": inputs}
+    other = {**row, "inputs": {**inputs, "precision": "bf16"}}
+    assert result_key(row) != result_key(other)
+    assert merge_results([row, other], [dict(row, top1=0.5)]) == [other, dict(row, top1=0.5)]
+
+
+def test_encoder_file_alone_is_evaluated_on_the_dataset_it_records(run_dir, tmp_path):
+    shutil.copy(run_dir / "encoder.safetensors", tmp_path / "enc.safetensors")
+    root = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]
+    data = [f"data.root={root}", "data.download=false", "eval.baselines=false"]
+    report = quiet_eval(None, ["knn"], data + ["eval.knn_k=20"],
+                        encoder_file=tmp_path / "enc.safetensors")
+    assert report["dataset"] == "mnist" and report["results"][0]["n_train"] == 128
+    assert json.loads((tmp_path / "eval.json").read_text())["dataset"] == "mnist"
+    with pytest.raises(SimCLRError, match="cifar10 files not found"):  # an override wins
+        quiet_eval(None, ["knn"], data + ["data.name=cifar10"],
+                   encoder_file=tmp_path / "enc.safetensors")
+
+
+def test_baseline_features_are_cached_by_everything_that_changes_them(fresh_run, monkeypatch):
+    calls = []
+    real = eval_run.extract_features
+    monkeypatch.setattr(eval_run, "extract_features",
+                        lambda *a, **k: calls.append(k.get("precision", a[-1])) or real(*a, **k))
+    quiet_eval(fresh_run, ["knn"])
+    assert len(calls) == 4  # simclr and random_init, train and test
+    assert len(list((fresh_run / "features").iterdir())) == 4
+    calls.clear()
+    quiet_eval(fresh_run, ["knn", "kmeans"], ["eval.kmeans_init=2"])
+    assert calls == []  # both encoders' features come from the cache
+    quiet_eval(fresh_run, ["knn"], ["train.precision=bf16"])
+    assert calls == ["bf16"] * 4  # another precision: extracted again, cached apart
+    assert len(list((fresh_run / "features").iterdir())) == 8
+    calls.clear()
+    quiet_eval(fresh_run, ["knn"], ["train.seed=1"])  # another random init; same simclr
+    assert len(calls) == 2
+
+
+def test_load_encoder_takes_uint8_images_as_pixels(run_dir):
+    enc = simclr.load_encoder(run_dir)
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), enc(x.float() / 255))
+        with pytest.raises(SimCLRError, match=r"float images in \[0, 1\] or uint8"):
+            enc(x.long())

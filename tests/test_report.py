@@ -169,3 +169,54 @@ def test_picture_errors_are_one_line(tmp_path, run_dir):
     assert "config.yaml not found" in proc.stderr and "Traceback" not in proc.stderr
     with pytest.raises(SimCLRError, match="--points"):
         pictures.embed_map(run_dir, tmp_path / "x.png", points=1)
+
+
+def test_neighbors_bank_follows_the_training_subset(tmp_path, monkeypatch):
+    from simclr.config import build_config
+    from simclr.train import pretrain
+    from tests.formats import write_idx
+
+    write_idx(tmp_path / "data", 64, n_test=16)
+    cfg = build_config(overrides={
+        "data.name": "mnist", "data.root": str(tmp_path / "data"), "data.download": False,
+        "data.subset": 24, "model.width": 0.0625, "model.proj_dim": 16,
+        "train.batch_size": 8, "train.epochs": 1, "train.progress": False,
+        "optim.warmup_epochs": 0.0, "eval.every": 0})
+    run_dir = pretrain(cfg, tmp_path / "run", log=lambda *_: None)
+    banks, real = [], pictures.nearest
+    monkeypatch.setattr(pictures, "nearest",
+                        lambda bank, q, k: banks.append(len(bank)) or real(bank, q, k))
+    pictures.neighbors_grid(run_dir, tmp_path / "a.png", queries=2, k=3)
+    pictures.neighbors_grid(run_dir, tmp_path / "b.png", ["eval.subset=40"], queries=2, k=3)
+    assert banks == [24, 40]
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_augment_preview_png_has_a_title_and_column_labels(tmp_path, c):
+    from simclr.config import Augment
+
+    n, side, views = 3, 32, 4
+    mean, std = ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3)) if c == 3 else ((0.3,), (0.3,))
+    x = torch.randint(0, 256, (n, c, side, side), generator=torch.Generator().manual_seed(0),
+                      dtype=torch.uint8)
+    path = pictures.augment_preview(x, Augment(), mean, std, tmp_path / "sub" / "p.png",
+                                    n_views=views, seed=1)
+    scale, pad, line = -(-96 // side), pictures.PREVIEW_PAD, pictures.PREVIEW_LINE
+    cell = (side + pad) * scale
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("L"), dtype=np.float64)
+        assert img.format == "PNG"
+        assert img.size == (((1 + views) * (side + pad) + pad) * scale,
+                            (n * (side + pad) + pad) * scale + 2 * line)
+    assert arr[2 * line:].var() > 100  # the grid
+    assert (arr[:line] < 128).sum() > 200  # a title line of text
+    labels = arr[line:2 * line]
+    for col in range(1 + views):  # a label over every column, inside the column
+        inside = labels[:, col * cell + pad * scale:(col + 1) * cell]
+        assert (inside < 128).sum() > 20, col
+        assert (labels[:, col * cell:col * cell + pad * scale] < 128).sum() == 0
+    assert pictures.preview_labels(views) == ["original", "view 1", "view 2", "view 3",
+                                              "view 4"]
+    again = tmp_path / "again.png"
+    pictures.augment_preview(x, Augment(), mean, std, again, n_views=views, seed=1)
+    assert again.read_bytes() == path.read_bytes()

@@ -108,3 +108,38 @@ def test_grid_parsing_and_folder_names():
     cells = S.plan(None, grid, ["data.name=mnist"], "out")
     assert [c.cfg.augment.crop_scale for c in cells] == [(0.08, 1.0), (0.2, 1.0)]
     assert all(c.cfg.optim.lr == 1e-3 for c in cells)
+
+
+def test_sweeping_optimizers_gives_each_its_own_lr_and_the_table_says_which(tmp_path):
+    """README's sweep: the Fashion-MNIST preset with optim.name=lars,adam."""
+    cells = S.plan(REPO / "configs/fashion_mnist_cpu.yaml", S.parse_grid(
+        ["optim.name=lars,adam"]), [], tmp_path)
+    assert [(c.cfg.optim.lr, c.cfg.optim.weight_decay) for c in cells] == [(1.0, 1e-4),
+                                                                          (1e-3, 1e-6)]
+    keys = S.table_keys(["optim.name"])
+    assert keys == ["optim.name", "optim.lr", "optim.weight_decay"]
+    lines = S.format_results([S.result_row(c) for c in cells], keys).splitlines()
+    assert lines[0].startswith("| optim.name | optim.lr | optim.weight_decay | epochs |")
+    assert lines[2].startswith("| lars | 1 | 0.0001 | 0 |")
+    assert lines[3].startswith("| adam | 0.001 | 1e-06 | 0 |")
+    # a grid over the lr itself is not shown twice
+    assert S.table_keys(["optim.lr"]) == ["optim.lr", "optim.weight_decay"]
+
+
+def test_an_lr_set_for_every_optimizer_of_a_grid_is_warned_about(tmp_path):
+    import warnings
+
+    preset = tmp_path / "lars.yaml"
+    preset.write_text("optim: {name: lars, lr: 1.0}\n")
+    grid = S.parse_grid(["optim.name=lars,adam"])
+    with pytest.warns(UserWarning, match=r"optim.lr=1 is set for every cell of the optim.name "
+                      r"grid, so every optimizer gets it; leave it unset"):
+        cells = S.plan(preset, grid, [], tmp_path / "a")
+    assert [c.cfg.optim.lr for c in cells] == [1.0, 1.0]  # what was asked for
+    with pytest.warns(UserWarning, match="optim.weight_decay=0.1 is set"):
+        S.plan(None, grid, ["optim.weight_decay=0.1"], tmp_path / "b")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # unset, or itself on the grid: nothing to say
+        S.plan(REPO / "configs/fashion_mnist_cpu.yaml", grid, [], tmp_path / "c")
+        S.plan(preset, grid + S.parse_grid(["optim.lr=1,0.001"]), [], tmp_path / "d")
+        S.plan(preset, S.parse_grid(["train.batch_size=32,64"]), [], tmp_path / "e")

@@ -207,18 +207,115 @@ def test_busy_threads_reads_loadavg(monkeypatch, tmp_path):
 
 
 def test_pretrain_warns_when_cores_are_taken(mnist_root, tmp_path, monkeypatch):
+    ONE_EPOCH = {"train.epochs": 1, "optim.warmup_epochs": 0.5}  # no warm-up warning
     import simclr.runtime as runtime
     monkeypatch.delenv("SIMCLR_NO_CONTENTION_WARNING")  # conftest turns the check off
     monkeypatch.setattr(runtime, "busy_threads", lambda: 64)
     with pytest.warns(UserWarning, match="other thread.*OMP_NUM_THREADS"):
-        run(tiny(mnist_root, **{"train.epochs": 1}), tmp_path / "run")
+        run(tiny(mnist_root, **ONE_EPOCH), tmp_path / "run")
     monkeypatch.setattr(runtime, "busy_threads", lambda: 0)
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        run(tiny(mnist_root, **{"train.epochs": 1}), tmp_path / "run2")
+        run(tiny(mnist_root, **ONE_EPOCH), tmp_path / "run2")
     monkeypatch.setattr(runtime, "busy_threads", lambda: 64)
     monkeypatch.setenv("SIMCLR_NO_CONTENTION_WARNING", "1")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        run(tiny(mnist_root, **{"train.epochs": 1}), tmp_path / "run3")
+        run(tiny(mnist_root, **ONE_EPOCH), tmp_path / "run3")
+
+
+def test_warmup_as_long_as_the_run_warns(mnist_root, tmp_path):
+    import warnings
+
+    with pytest.warns(UserWarning, match=r"optim.warmup_epochs=2 >= train.epochs=2: the lr "
+                      r"rises for the whole run, never reaches its peak"):
+        run(tiny(mnist_root, **{"optim.warmup_epochs": 2.0, "train.max_steps": 1}),
+            tmp_path / "long")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # tiny(): 1 warm-up epoch of 2
+        run(tiny(mnist_root, **{"train.max_steps": 1}), tmp_path / "short")
+
+
+def test_training_time_survives_a_mid_epoch_resume(mnist_root, tmp_path, monkeypatch):
+    """Each step takes one second of a fake clock: the logged training time is the number of
+    steps trained, also when a crash after a mid-epoch checkpoint is resumed."""
+    from types import SimpleNamespace
+
+    clock = [0.0]
+    crash_at = [0]
+    real_step = train_mod.train_step
+
+    def timed_step(*args, **kwargs):
+        if crash_at[0] and round(clock[0]) + 1 == crash_at[0]:
+            raise RuntimeError("crash")
+        clock[0] += 1.0
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(train_mod, "train_step", timed_step)
+    # 3 steps an epoch; windows at steps 3, 5, 6; mid-epoch checkpoints at steps 2 and 4
+    cfg = tiny(mnist_root, **{"train.log_every": 5, "train.checkpoint_every": 2,
+                              "eval.every": 0})
+
+    def times(run_dir):
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(x["step"], x["time"]) for x in lines if x["kind"] == "window"]
+
+    straight = run(cfg, tmp_path / "straight")
+    assert times(straight) == [(3, 3.0), (5, 5.0), (6, 6.0)]
+    clock[0], crash_at[0] = 0.0, 5  # the 5th step fails: the last checkpoint is step 4's
+    with pytest.raises(RuntimeError, match="crash"):
+        run(cfg, tmp_path / "resumed")
+    state = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert (state["step"], state["elapsed"]) == (4, 4.0)
+    crash_at[0] = 0  # resume: steps 5 and 6
+    run(cfg, tmp_path / "resumed")
+    assert times(tmp_path / "resumed") == times(straight)
+
+
+def test_stop_at_max_steps_says_how_to_go_on(mnist_root, tmp_path):
+    lines = []
+    pretrain(tiny(mnist_root, **{"train.max_steps": 2}), tmp_path / "run", log=lines.append)
+    assert lines[-1] == ("stopped at step 2 of 6 (train.max_steps=2); to go on, run the same "
+                         "command with a larger --train.max_steps (0 = no limit)")
+    assert not any("run again to resume" in x for x in lines)
+
+
+def test_progress_bar_clears_its_line_when_interrupted(mnist_root, tmp_path, monkeypatch,
+                                                       capsys):
+    """The CLI's interrupt message then starts a line of its own."""
+    real_step, calls = train_mod.train_step, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_step", interrupted)
+    try:
+        run(tiny(mnist_root, **{"train.progress": True}), tmp_path / "run")
+    except KeyboardInterrupt:  # where the CLI prints its message: the traceback still alive
+        err = capsys.readouterr().err
+    else:
+        pytest.fail("not interrupted")
+    assert "epoch 1/2" in err  # the bar was drawn
+    assert err.rsplit("\r", 1)[-1].strip() == ""  # ... and its line cleared
+
+
+def test_data_subset_shrinks_the_knn_monitor(mnist_root, tmp_path):
+    """A run on its first 24 images is monitored on a bank of those 24 and 24 test images;
+    eval.subset / eval.test_subset, where set, win."""
+    def monitored(**extra):
+        cfg = tiny(mnist_root, **{"data.subset": 24, "train.batch_size": 8, "train.epochs": 1,
+                                  "optim.warmup_epochs": 0.0, "eval.every": 1, "eval.knn_k": 5,
+                                  **extra})
+        run_dir = run(cfg, tmp_path / str(len(list(tmp_path.iterdir()))))
+        lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        (knn,) = [x for x in lines if x["kind"] == "knn"]
+        return knn["n_train"], knn["n_test"]
+
+    assert monitored() == (24, 24)
+    assert monitored(**{"eval.subset": 48, "eval.test_subset": 16}) == (48, 16)
+    assert monitored(**{"data.subset": 0, "train.batch_size": BATCH}) == (N, 32)  # all
