@@ -40,8 +40,8 @@ from simclr.loader import TensorLoader
 from simclr.models import build_model
 from simclr.optim import build_optimizer, set_lr
 from simclr.runtime import resolve_device, resolve_precision, step_generator
+from simclr.step import train_step
 from simclr.stream import StreamLoader
-from simclr.train import train_step
 
 
 def write_photos(root: Path, n: int, side: int, classes: int = 10, seed: int = 0) -> None:

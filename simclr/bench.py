@@ -15,7 +15,6 @@ import json
 import platform
 import resource
 import statistics
-import sys
 import time
 import warnings
 from dataclasses import replace
@@ -32,7 +31,7 @@ from simclr.loader import TensorLoader
 from simclr.models import build_model
 from simclr.optim import build_optimizer, set_lr
 from simclr.runtime import cpu_contention, resolve_device, resolve_precision, step_generator
-from simclr.train import train_step
+from simclr.step import train_step
 from simclr.views import make_views
 
 
@@ -174,12 +173,3 @@ def run(cfg: C.Config, steps: int, warmup: int, windows: int, with_matrix: bool,
         log(f"wrote {json_path}")
     return rows
 
-
-def main(argv: list[str] | None = None) -> int:
-    from simclr.cli import main as cli_main
-
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

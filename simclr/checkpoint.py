@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import pickle
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from simclr.config import Config, diff
 from simclr.errors import SimCLRError
 
 try:
@@ -184,3 +186,44 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     """Restore :func:`rng_state`; device states in older checkpoints (``cuda``) are ignored."""
     torch.set_rng_state(state["torch"])
+
+
+# Keys a resumed run may change without --force: they do not alter what is computed.
+RESUME_FREE = {"train.max_steps", "train.progress", "train.log_every", "train.device",
+               "train.compile", "train.checkpoint_every", "train.tensorboard",
+               "data.stream"}
+RESUME_FREE_SECTIONS = {"eval", "probe", "finetune"}
+
+
+def resume_changes(saved: dict, planned: dict) -> list[str]:
+    """Dotted keys whose values differ between a run's saved config and the planned one
+    (``Config.to_dict()`` mappings) and that change what is computed. A key the saved config
+    lacks (written before the key existed) counts as its default: old runs resume."""
+    defaults = Config().to_dict()
+    saved = {s: {**defaults.get(s, {}), **v} for s, v in saved.items()}
+    return [k for k in diff(saved, planned)
+            if k not in RESUME_FREE and k.split(".")[0] not in RESUME_FREE_SECTIONS]
+
+
+def check_resume(saved: dict, planned: dict, force: bool, run_dir: Path) -> None:
+    """SimCLRError, unless ``force``, when :func:`resume_changes` finds any."""
+    changed = resume_changes(saved, planned)
+    if changed and not force:
+        raise SimCLRError(
+            f"{run_dir} was started with other settings ({', '.join(changed)} differ); "
+            "use a new --run-dir, or --force to resume with the new values")
+
+
+def check_writable(run_dir: Path) -> None:
+    """Fail before any work when ``run_dir`` cannot be created or written (tries for real)."""
+    probe = run_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a directory")
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise SimCLRError(f"cannot write the run dir {run_dir} ({e.strerror or e}); choose "
+                          "another --run-dir") from None
+

@@ -188,9 +188,8 @@ def _augment_preview(args, overrides: list[str]) -> None:
     from simclr.config import build_config
 
     cfg = build_config(args.config, overrides)
-    from simclr.data import load_train
+    from simclr.data import channel_stats, load_train
     from simclr.pictures import augment_preview
-    from simclr.train import channel_stats
 
     images, _ = load_train(cfg.data)
     mean, std = cfg.augment.mean, cfg.augment.std

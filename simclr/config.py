@@ -329,6 +329,23 @@ def complete(cfg: Config) -> Config:
     return cfg
 
 
+def views_checks(groups: tuple[tuple[int | float, ...], ...]) -> list[tuple[bool, str]]:
+    """``(ok, message)`` checks of ``augment.views`` for :func:`validate`."""
+    def good(g: tuple[int | float, ...]) -> bool:
+        return (len(g) in (2, 4) and float(g[0]).is_integer() and g[0] >= 1 and g[1] > 0
+                and (g[1] <= 1 or float(g[1]).is_integer())
+                and (len(g) == 2 or 0 < g[2] <= g[3] <= 1))
+
+    shape = ("augment.views: each group is [count, size] or [count, size, scale_lo, scale_hi] "
+             "(count >= 1; size <= 1 a fraction of the image side, > 1 whole pixels; "
+             "0 < scale_lo <= scale_hi <= 1), e.g. [[2, 1], [4, 0.5, 0.05, 0.4]]")
+    bad = next((g for g in groups if not good(g)), None)
+    return [(bad is None, f"{shape}; got {[list(g) for g in groups]}"),
+            (bad is not None or sum(int(g[0]) for g in groups) >= 2,
+             f"augment.views must make at least 2 views per image in all, got "
+             f"{[list(g) for g in groups]}")]
+
+
 def validate(cfg: Config) -> None:
     """:func:`complete` the config, then refuse settings that cannot work, each with the fix.
 
@@ -389,7 +406,6 @@ def validate(cfg: Config) -> None:
     from simclr.data import DATASETS  # the registries import torch
     from simclr.models import INITS, SHORTCUTS, check_model_arch
     from simclr.optim import STEP_RULES
-    from simclr.views import views_checks
 
     complete(cfg)
     _choice("data.name", cfg.data.name, sorted(DATASETS))

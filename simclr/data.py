@@ -23,16 +23,16 @@ import io
 import math
 import os
 import zlib
+from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from simclr.config import Data
 from simclr.download import (
     check_memory,
     corrupt_error,
@@ -42,6 +42,9 @@ from simclr.download import (
 )
 from simclr.errors import SimCLRError
 from simclr.folder import FOLDER_DEFAULT_SIZE, cache_home, read_folder
+
+if TYPE_CHECKING:  # a type only: config imports this module's registry
+    from simclr.config import Data
 
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian dataset-fashion-mnist
 
@@ -374,3 +377,29 @@ def load_train(cfg: Data) -> tuple[Tensor, Tensor]:
 __all__ = ["DATASETS", "cache_home", "default_root", "load_split", "load_train",
            "read_cifar10", "read_cifar100", "read_folder", "read_idx", "read_mnist", "read_stl10",
            "resize"]
+
+
+def channel_stats(images: torch.Tensor | Iterable[torch.Tensor],
+                  chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units of uint8 images N x C x H x W.
+
+    ``images`` may also be an iterable of such chunks (a streamed folder's ``chunks()``); the
+    same chunks give the same bits.
+    """
+    chunks = images
+    if isinstance(images, torch.Tensor):
+        chunks = (images[i:i + chunk] for i in range(0, images.shape[0], chunk))
+    total = squares = None
+    n = 0
+    for x in chunks:
+        x = x.to(torch.float64) / 255
+        if total is None:
+            total = torch.zeros(x.shape[1], dtype=torch.float64)
+            squares = torch.zeros(x.shape[1], dtype=torch.float64)
+        total += x.sum(dim=(0, 2, 3))
+        squares += (x * x).sum(dim=(0, 2, 3))
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / n
+    std = (squares / n - mean**2).clamp_min(1e-12).sqrt()
+    return [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+

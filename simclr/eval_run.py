@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from simclr import config as C
+from simclr.augment import normalize
 from simclr.backbones import feature_dim
 from simclr.checkpoint import ENCODER, atomic_write, load_model_state, read_encoder
 from simclr.clustering import clustering_metrics
@@ -63,7 +64,7 @@ class NormalizedEncoder(nn.Module):
         elif not x.is_floating_point():
             raise SimCLRError(f"the encoder takes float images in [0, 1] or uint8 images, got "
                               f"{x.dtype}; convert with x.float() / 255")
-        return self.encoder((x - self.mean) / self.std)  # N x D
+        return self.encoder(normalize(x, self.mean, self.std))  # N x D
 
 
 def _dim(encoder: nn.Module, meta: dict[str, Any], channels: int) -> int:

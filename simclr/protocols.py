@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simclr.augment import normalize
 from simclr.errors import SimCLRError
 from simclr.optim import LARS, lr_at, scaled_lr, set_lr, step_counts
 
@@ -88,8 +89,8 @@ def extract_features(encoder: nn.Module, images: Tensor, mean: Sequence[float] |
     if device is None:
         device = next((p.device for p in encoder.parameters()), torch.device("cpu"))
     device = torch.device(device)
-    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, c, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, c, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=device)
+    s = torch.tensor(std, dtype=torch.float32, device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scale = 255.0 if images.dtype == torch.uint8 else 1.0
     was_training = encoder.training
@@ -98,7 +99,7 @@ def extract_features(encoder: nn.Module, images: Tensor, mean: Sequence[float] |
         out = []
         for i in range(0, images.shape[0], batch_size):
             x = images[i:i + batch_size].to(device, non_blocking=True).float() / scale
-            x = ((x - m) / s).contiguous(memory_format=torch.channels_last)
+            x = normalize(x, m, s).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                 h = encoder(x)  # B x D
             out.append(h.float().flatten(1).cpu())

@@ -169,15 +169,14 @@ def _check_data(cells: list[Cell]) -> dict[str, int]:
 
 def _check_existing(cell: Cell) -> None:
     """Refuse, before any training, a cell dir that holds a run with other settings."""
-    from simclr.train import RESUME_FREE, RESUME_FREE_SECTIONS
+    from simclr.checkpoint import resume_changes
 
     path = cell.run_dir / "config.yaml"
     if not path.exists():
         return
     planned = cell.cfg.to_dict()
-    changed = [k for k in C.diff(C.load_yaml(path), planned)
-               if k not in RESUME_FREE and k.split(".")[0] not in RESUME_FREE_SECTIONS
-               and not (k in ("augment.mean", "augment.std") and planned["augment"][
+    changed = [k for k in resume_changes(C.load_yaml(path), planned)
+               if not (k in ("augment.mean", "augment.std") and planned["augment"][
                    k.split(".")[1]] is None)]
     if changed:
         raise SimCLRError(f"{cell.run_dir} holds a run with other settings ({', '.join(changed)}"
@@ -301,8 +300,9 @@ def sweep(config: str | Path | None, grid_specs: list[str], overrides: list[str]
     Returns:
         One row per cell (see :func:`result_row`), in grid order.
     """
+    from simclr.checkpoint import check_writable
     from simclr.eval_run import evaluate
-    from simclr.train import check_writable, pretrain
+    from simclr.train import pretrain
 
     protocols = list(protocols)
     bad = [p for p in protocols if p not in PROTOCOLS]

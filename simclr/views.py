@@ -4,28 +4,14 @@ made batched on the device, one :func:`~simclr.augment.simclr_augment` call per 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 
 from simclr.augment import Stats, simclr_augment
-from simclr.config import Augment
 
-
-def views_checks(groups: tuple[tuple[int | float, ...], ...]) -> list[tuple[bool, str]]:
-    """``(ok, message)`` checks of ``augment.views`` for :func:`simclr.config.validate`."""
-    def good(g: tuple[int | float, ...]) -> bool:
-        return (len(g) in (2, 4) and float(g[0]).is_integer() and g[0] >= 1 and g[1] > 0
-                and (g[1] <= 1 or float(g[1]).is_integer())
-                and (len(g) == 2 or 0 < g[2] <= g[3] <= 1))
-
-    shape = ("augment.views: each group is [count, size] or [count, size, scale_lo, scale_hi] "
-             "(count >= 1; size <= 1 a fraction of the image side, > 1 whole pixels; "
-             "0 < scale_lo <= scale_hi <= 1), e.g. [[2, 1], [4, 0.5, 0.05, 0.4]]")
-    bad = next((g for g in groups if not good(g)), None)
-    return [(bad is None, f"{shape}; got {[list(g) for g in groups]}"),
-            (bad is not None or sum(int(g[0]) for g in groups) >= 2,
-             f"augment.views must make at least 2 views per image in all, got "
-             f"{[list(g) for g in groups]}")]
+if TYPE_CHECKING:
+    from simclr.config import Augment
 
 
 def view_groups(cfg: Augment, hw: tuple[int, int]) -> list[tuple[int, tuple[int, int],
@@ -74,4 +60,4 @@ def make_views(x: torch.Tensor, cfg: Augment, mean: Stats, std: Stats,
     return [parts[0] if len(parts) == 1 else torch.cat(parts) for parts in by_size.values()]
 
 
-__all__ = ["make_views", "view_groups", "views_checks"]
+__all__ = ["make_views", "view_groups"]

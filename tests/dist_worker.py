@@ -14,7 +14,7 @@ from simclr.config import build_config  # noqa: E402
 from simclr.loss import multi_nt_xent, nt_xent  # noqa: E402
 from simclr.models import build_model  # noqa: E402
 from simclr.optim import build_optimizer, set_lr  # noqa: E402
-from simclr.train import train_step  # noqa: E402
+from simclr.step import train_step  # noqa: E402
 
 N, D, T = 6, 5, 0.3  # rows per rank, projection dim, temperature
 BATCH = 4  # images per rank in the training-step check

@@ -78,3 +78,18 @@ print(str(w[0].message))
     assert "is not locked: this platform has no fcntl.flock" in proc.stdout
     assert "run one at a time" in proc.stdout
 
+
+
+def test_a_saved_config_without_newer_keys_resumes_unforced():
+    """A run saved before a key existed resumes: the missing key counts as its default, so
+    only real changes (and never eval/probe/finetune or the free train keys) are listed."""
+    from simclr.checkpoint import resume_changes
+    from simclr.config import build_config
+
+    planned = build_config().to_dict()
+    old = {s: dict(v) for s, v in planned.items()}
+    del old["loss"]["scale"], old["model"]["shortcut"], old["augment"]["views"]
+    assert resume_changes(old, planned) == []
+    changed = build_config(overrides={"loss.scale": 2.0, "train.max_steps": 5,
+                                      "eval.knn_k": 5}).to_dict()
+    assert resume_changes(old, changed) == ["loss.scale"]

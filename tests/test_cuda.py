@@ -30,8 +30,9 @@ from simclr.loader import TensorLoader, epoch_permutation
 from simclr.models import build_model
 from simclr.optim import build_optimizer, set_lr
 from simclr.runtime import resolve_precision, step_generator
+from simclr.step import train_step
 from simclr.stream import StreamLoader
-from simclr.train import pretrain, train_step
+from simclr.train import pretrain
 from tests.formats import idx_bytes, write_idx, write_image_folder
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(

@@ -11,14 +11,14 @@ from safetensors.torch import load_file
 
 from simclr.augment import two_views
 from simclr.config import build_config
-from simclr.data import load_train
+from simclr.data import channel_stats, load_train
 from simclr.errors import SimCLRError
 from simclr.loader import TensorLoader, batch_labels
 from simclr.loss import multi_nt_xent, nt_xent
 from simclr.models import build_model
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
 from simclr.runtime import step_generator
-from simclr.train import channel_stats, train_step
+from simclr.step import train_step
 from tests.formats import write_stl10
 from tests.test_train import BATCH, run
 from tests.test_train import tiny as train_tiny
@@ -138,16 +138,16 @@ def test_batch_labels_follow_the_batches():
 
 
 def test_supervised_loss_trains_on_labels(mnist_root, tmp_path, monkeypatch):
-    import simclr.train as train_mod
+    import simclr.step as step_mod
 
     seen = []
-    real = train_mod.multi_nt_xent
+    real = step_mod.multi_nt_xent
 
     def spy(z, views, t, rank=0, gather=None, labels=None):
         seen.append(labels)
         return real(z, views, t, rank, gather, labels)
 
-    monkeypatch.setattr(train_mod, "multi_nt_xent", spy)
+    monkeypatch.setattr(step_mod, "multi_nt_xent", spy)
     cfg = tiny(mnist_root, **{"loss.supervised": True, "train.epochs": 1})
     run(cfg, tmp_path / "run")
     images, labels = load_train(cfg.data)

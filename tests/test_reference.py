@@ -22,7 +22,9 @@ from simclr.config import build_config
 from simclr.models import ResNet, ScaleOnlyBatchNorm1d, build_model
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
 from simclr.protocols import linear_sgd
-from simclr.train import METRICS, pretrain, train_step
+from simclr.state import METRICS
+from simclr.step import train_step
+from simclr.train import pretrain
 from tests.formats import write_cifar10_python
 
 ROOT = Path(__file__).resolve().parents[1]

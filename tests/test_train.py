@@ -9,6 +9,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+import simclr.step as step_mod
 import simclr.train as train_mod
 from simclr.checkpoint import load_checkpoint, read_encoder
 from simclr.config import build_config
@@ -96,7 +97,7 @@ def test_resume_refuses_changed_settings(mnist_root, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(mnist_root, tmp_path, monkeypatch):
-    real = train_mod.nt_xent
+    real = step_mod.nt_xent
     calls = []
 
     def poisoned(z1, z2, t, **kw):
@@ -104,7 +105,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(mnist_root, tmp_path, m
         loss = real(z1, z2, t, **kw)
         return loss * float("nan") if len(calls) > 4 else loss
 
-    monkeypatch.setattr(train_mod, "nt_xent", poisoned)
+    monkeypatch.setattr(step_mod, "nt_xent", poisoned)
     with pytest.raises(SimCLRError, match=r"loss became nan by step 6 \(lr .*\); the last good"):
         run(tiny(mnist_root), tmp_path / "run")
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
