@@ -133,7 +133,7 @@ def test_tiny_models_train_in_channels_last_without_crashing_or_hanging(threads)
     if os.path.exists(MALLOC_DEBUG):  # glibc's checking allocator: corruption aborts at once
         env.update(LD_PRELOAD=MALLOC_DEBUG, GLIBC_TUNABLES="glibc.malloc.check=3")
     try:
-        out = subprocess.run([sys.executable, "-c", _KERNEL_SCRIPT], env=env, timeout=120,
+        out = subprocess.run([sys.executable, "-c", _KERNEL_SCRIPT], env=env, timeout=240,
                              capture_output=True, text=True)
     except subprocess.TimeoutExpired:
         pytest.fail(f"fwd+bwd of tiny channels_last models hung with {threads} thread(s)")
