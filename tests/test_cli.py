@@ -62,6 +62,12 @@ def test_pretrain_preset_on_real_fashion_mnist(tmp_path):
     (["--data.name=mnist", "--data.download=false"], "put"),  # missing data offline
     (["--data.name=mnist", "--train.batch_size=100000"], "larger than the dataset"),
     (["--data.name=mnist", "--data.stream=on"], "data.stream=on streams image folders only"),
+    (["--loss.scale=0"], "loss.scale must be > 0"),
+    (["--model.shortcut=proj"], "unknown model.shortcut 'proj': choose one of identity, "),
+    (["--model.init=tf"], "unknown model.init 'tf'"),
+    (["--augment.crop_interpolation=cubic"], "unknown augment.crop_interpolation 'cubic'"),
+    (["--train.step_rule=ref"], "unknown train.step_rule 'ref'"),
+    (["--probe.sgd_epochs=0"], "probe.sgd_epochs must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, args, fragment):
     root = tmp_path / "data"

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from simclr.augment import _bicubic_boxes
 from simclr.config import build_config
+from simclr.crop import _bicubic_boxes
 from simclr.models import ResNet, ScaleOnlyBatchNorm1d, build_model
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
 from simclr.protocols import linear_sgd
