@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import difflib
 import re
-import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from simclr.errors import SimCLRError
-from simclr.yamlio import load_yaml, parse_value, save_yaml  # noqa: F401  (re-exported)
+from simclr.yamlio import coerce, load_yaml, parse_value, save_yaml  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -173,58 +172,6 @@ def _closest(word: str, choices: list[str]) -> str:
     return f"did you mean '{match[0]}'? " if match else ""
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; ints pass as floats, lists as tuples."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except SimCLRError:
-                pass
-        raise SimCLRError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if not isinstance(value, (list, tuple)):
-            raise SimCLRError(f"{key}: expected a list like 0.1,2.0, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(value) != len(args):
-            raise SimCLRError(f"{key}: expected {len(args)} values like 0.1,2.0, got {value!r}")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise SimCLRError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-
-
 def _section_fields(section: Any) -> dict[str, Any]:
     hints = typing.get_type_hints(type(section))
     return {f.name: hints[f.name] for f in fields(section)}
@@ -246,7 +193,7 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
             f"unknown config key '{dotted}': {_closest(parts[1], list(known))}"
             f"valid keys of '{parts[0]}': {', '.join(known)}"
         )
-    setattr(section, parts[1], _coerce(value, known[parts[1]], dotted))
+    setattr(section, parts[1], coerce(value, known[parts[1]], dotted))
 
 
 def _apply_mapping(cfg: Config, mapping: Any, source: str) -> None:

@@ -36,7 +36,7 @@ def train_step(model, optimizer, scaler, views: torch.Tensor | list[torch.Tensor
     else:
         loss = multi_nt_xent(z, n_views, cfg.loss.temperature, rank, gather, labels)
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss * cfg.loss.scale if cfg.loss.scale != 1 else loss).backward()
+    scaler.scale(loss * cfg.loss.scale).backward()  # x 1.0 is exact: the same gradients
     if cfg.optim.clip_grad_norm > 0:
         scaler.unscale_(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"]]

@@ -1,9 +1,12 @@
-"""The YAML side of the config: a safe loader with YAML 1.2 booleans, command-line values,
-reading presets and writing resolved configs. Nothing in a file can run code."""
+"""The YAML side of the config: a safe loader with YAML 1.2 booleans, command-line values and
+their check against a field's type, reading presets and writing resolved configs. Nothing in a
+file can run code."""
 
 from __future__ import annotations
 
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -58,4 +61,58 @@ def save_yaml(cfg, path: str | Path) -> None:
     tmp.replace(path)
 
 
-__all__ = ["YAMLLoader", "load_yaml", "parse_value", "save_yaml"]
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints pass as floats, lists as tuples."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key)
+            except SimCLRError:
+                pass
+        raise SimCLRError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise SimCLRError(f"{key}: expected a list like 0.1,2.0, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise SimCLRError(f"{key}: expected {len(args)} values like 0.1,2.0, got {value!r}")
+        return tuple(coerce(v, a, key) for v, a in zip(value, args, strict=True))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise SimCLRError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+__all__ = ["YAMLLoader", "coerce", "load_yaml", "parse_value", "save_yaml"]
