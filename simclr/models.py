@@ -69,7 +69,8 @@ class StridedPointwiseConv(nn.Conv2d):
     Why: oneDNN's stride-2 1x1 backward-weights kernel on AVX2-only CPUs
     (``jit_avx2_1x1_convolution_bwd_weights``, torch 2.13) corrupts the heap for channels_last
     inputs with few channels (2 to 12 input channels in a survey; 1 was clean): with one thread
-    the process aborts or segfaults, with two it spins forever. The stride-1 kernel is sound, so the model never asks for the strided one.
+    the process aborts or segfaults, with two it spins forever. The stride-1 kernel is sound,
+    so the model never asks for the strided one.
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int):
