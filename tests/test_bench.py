@@ -102,3 +102,30 @@ def test_cli_uses_the_installed_allocator_unless_opted_out(tmp_path, opt_out):
     used = json.loads(out.read_text())["environment"]["allocator"]
     expected = "glibc malloc" if opt_out else Path(allocator.find_library()).name
     assert used == expected and f"allocator {expected}" in proc.stdout
+
+
+def _run_tflop(cfg, side: int = 28) -> float:
+    """Model TFLOP of a whole run of cfg on Fashion-MNIST's 60 000 images, by bench's count."""
+    from simclr.bench import count_flops
+    from simclr.views import view_groups
+
+    groups = view_groups(cfg.augment, (side, side))
+    b = cfg.train.batch_size
+    views = [torch.rand(count * b, 1, *hw) for count, hw, _ in groups]
+    model = build_model(cfg.model, 1, side)
+
+    def step():
+        _, z = model(views if len(views) > 1 else views[0])
+        multi_nt_xent(z, sum(count for count, _, _ in groups), cfg.loss.temperature).backward()
+
+    return cfg.train.epochs * (60000 // b) * count_flops(step) / 1e12
+
+
+def test_fashion_mnist_preset_stays_within_the_compute_of_the_15_minute_preset_it_replaced():
+    """Issue 17's budget: the 10-epoch, two 28 px view preset (205.8 TFLOP); the preset trains
+    18 epochs of two 20 px views (195.3), the figures benchmarks/fashion_mnist.md reports."""
+    path = REPO / "configs/fashion_mnist_cpu.yaml"
+    new = build_config(path)
+    old = build_config(path, ["augment.views=[[2,1]]", "train.epochs=10"])
+    assert _run_tflop(new) == pytest.approx(195.3, abs=0.05)
+    assert _run_tflop(old) == pytest.approx(205.8, abs=0.05)
