@@ -66,16 +66,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def count_flops(fn) -> int:
-    """Model FLOPs of one call of ``fn`` as torch.utils.flop_counter counts them (convolutions
-    and matrix products, forward and backward; element-wise work and the optimizer are not
-    counted): the figure ``simclr bench`` reports per step."""
-    counter = FlopCounterMode(display=False)
-    with counter:
-        fn()
-    return counter.get_total_flops()
-
-
 def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3,
               compile_mode: str | None = None) -> dict:
     """Time the bare and the full step for one configuration; returns a result row.
@@ -124,8 +114,10 @@ def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3,
 
     bare_ips = _time(bare, device, steps, warmup, windows, batch)
     full_ips = _time(full, device, steps, warmup, windows, batch)
-    step_flops = count_flops(lambda: train_step(model, optimizer, scaler, premade, cfg, device,
-                                                precision))
+    flops = FlopCounterMode(display=False)
+    with flops:
+        train_step(model, optimizer, scaler, premade, cfg, device, precision)
+    step_flops = flops.get_total_flops()
     return {"arch": cfg.model.arch, "width": cfg.model.width, "image": f"{channels}x{side}",
             "batch": batch, "device": str(device), "precision": precision,
             "layout": "channels_last" if cfg.train.channels_last else "NCHW",

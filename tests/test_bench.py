@@ -104,21 +104,11 @@ def test_cli_uses_the_installed_allocator_unless_opted_out(tmp_path, opt_out):
     assert used == expected and f"allocator {expected}" in proc.stdout
 
 
-def _run_tflop(cfg, side: int = 28) -> float:
-    """Model TFLOP of a whole run of cfg on Fashion-MNIST's 60 000 images, by bench's count."""
-    from simclr.bench import count_flops
-    from simclr.views import view_groups
-
-    groups = view_groups(cfg.augment, (side, side))
-    b = cfg.train.batch_size
-    views = [torch.rand(count * b, 1, *hw) for count, hw, _ in groups]
-    model = build_model(cfg.model, 1, side)
-
-    def step():
-        _, z = model(views if len(views) > 1 else views[0])
-        multi_nt_xent(z, sum(count for count, _, _ in groups), cfg.loss.temperature).backward()
-
-    return cfg.train.epochs * (60000 // b) * count_flops(step) / 1e12
+def _run_tflop(cfg) -> float:
+    """Model TFLOP of a whole run of cfg on Fashion-MNIST's 60 000 images: bench's count of
+    one step (``gflop_per_step``) times the run's steps."""
+    row = bench_one(cfg, steps=1, warmup=0, windows=1)
+    return cfg.train.epochs * (60000 // cfg.train.batch_size) * row["gflop_per_step"] / 1e3
 
 
 def test_fashion_mnist_preset_stays_within_the_compute_of_the_15_minute_preset_it_replaced():
