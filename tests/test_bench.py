@@ -119,3 +119,15 @@ def test_fashion_mnist_preset_stays_within_the_compute_of_the_15_minute_preset_i
     old = build_config(path, ["augment.views=[[2,1]]", "train.epochs=10"])
     assert _run_tflop(new) == pytest.approx(195.3, abs=0.05)
     assert _run_tflop(old) == pytest.approx(205.8, abs=0.05)
+
+
+def test_fashion_mnist_long_preset_is_the_preset_trained_twice_as_long():
+    """The long preset changes only the length of the run (epochs and warmup doubled), so it
+    shows where the preset's recipe tops out, at twice its compute: 390.6 TFLOP, the README's."""
+    short = build_config(REPO / "configs/fashion_mnist_cpu.yaml").to_dict()
+    long = build_config(REPO / "configs/fashion_mnist_cpu_long.yaml")
+    changed = {(section, key): (value, long.to_dict()[section][key])
+               for section, values in short.items() for key, value in values.items()
+               if long.to_dict()[section][key] != value}
+    assert changed == {("train", "epochs"): (18, 36), ("optim", "warmup_epochs"): (1.8, 3.6)}
+    assert _run_tflop(long) == pytest.approx(390.6, abs=0.05)

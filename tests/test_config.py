@@ -123,7 +123,7 @@ def test_each_optimizer_gets_its_own_lr_and_weight_decay_unless_set(tmp_path):
 
 @pytest.mark.parametrize("name,lr,wd,own_wd", [
     ("fashion_mnist_cpu.yaml", 0.06, 5e-4, False),
-    ("fashion_mnist_cpu_long.yaml", 1.0, 1e-4, False),
+    ("fashion_mnist_cpu_long.yaml", 0.06, 5e-4, False),
     ("cifar10_resnet18_lars.yaml", 1.0, 1e-4, False), ("cifar10_resnet50.yaml", 1.0, 1e-6, True),
     ("cifar10_resnet18_sgd.yaml", 0.06, 5e-4, False)])
 def test_presets_keep_their_recipe_lr_and_give_other_optimizers_theirs(name, lr, wd, own_wd):
