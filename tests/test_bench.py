@@ -126,8 +126,9 @@ def test_fashion_mnist_long_preset_is_the_preset_trained_twice_as_long():
     shows where the preset's recipe tops out, at twice its compute: 390.6 TFLOP, the README's."""
     short = build_config(REPO / "configs/fashion_mnist_cpu.yaml").to_dict()
     long = build_config(REPO / "configs/fashion_mnist_cpu_long.yaml")
-    changed = {(section, key): (value, long.to_dict()[section][key])
+    got = long.to_dict()
+    changed = {(section, key): (value, got[section][key])
                for section, values in short.items() for key, value in values.items()
-               if long.to_dict()[section][key] != value}
+               if got[section][key] != value}
     assert changed == {("train", "epochs"): (18, 36), ("optim", "warmup_epochs"): (1.8, 3.6)}
     assert _run_tflop(long) == pytest.approx(390.6, abs=0.05)
