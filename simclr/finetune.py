@@ -47,21 +47,14 @@ def finetune_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     return loss.detach()
 
 
-def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device: torch.device,
-             precision: str, log=print) -> dict[str, Any]:
-    """Train a copy of ``enc.encoder`` plus a linear head on ``finetune.labels`` of the labeled
-    train split (random resized crop + flip, SGD with momentum, cosine lr), then report top-1 on
-    the test split once.
-
-    Args:
-        enc: a :class:`simclr.eval_run.NormalizedEncoder`.
-        data: ``{"train": (uint8 images, labels), "test": (...)}``.
-    """
+def train_classifier(enc, x: Tensor, y: Tensor, classes: int, cfg: C.Config,
+                     device: torch.device, precision: str) -> nn.Sequential:
+    """A copy of ``enc.encoder`` plus a linear head, trained together on uint8 images ``x``
+    (N x C x H x W) and labels ``y`` (N) with ``cfg.finetune``'s settings: random resized crop +
+    flip, SGD with Nesterov momentum, cosine lr. Returns ``Sequential(encoder, head)`` taking
+    normalized images, in train mode; ``enc`` is left as it was."""
     f = cfg.finetune
-    (x_all, y_all), (x_test, y_test) = data["train"], data["test"]
-    idx = label_subset(y_all, f.labels, cfg.train.seed)
-    x, y = x_all[idx].to(device), y_all[idx].to(device)
-    classes = int(y_all.max()) + 1
+    x, y = x.to(device), y.to(device)
     torch.manual_seed(cfg.train.seed)
     encoder = copy.deepcopy(enc.encoder).to(device, memory_format=torch.channels_last).train()
     head = nn.Linear(enc.feature_dim, classes).to(device)
@@ -69,14 +62,14 @@ def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device:
     optimizer = torch.optim.SGD(param_groups(model, f.weight_decay), lr=0.0, momentum=0.9,
                                 nesterov=True)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    batch = min(f.batch_size, len(idx))
+    batch = min(f.batch_size, len(x))
     loader = TensorLoader(x, batch, cfg.train.seed)
     total = f.epochs * len(loader)
     peak = scaled_lr(f.lr, batch, "linear")
     aug = replace(cfg.augment, jitter_p=0.0, gray_p=0.0, blur_p=0.0)  # crop + flip only
     mean, std = enc.mean.flatten().tolist(), enc.std.flatten().tolist()
     g = torch.Generator().manual_seed(cfg.train.seed)  # CPU draws: the same on any device
-    step, t0 = 0, time.perf_counter()
+    step = 0
     for epoch in range(f.epochs):
         perm = loader.permutation(epoch)
         for i, xb in enumerate(loader.batches(epoch)):
@@ -86,8 +79,28 @@ def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device:
                 memory_format=torch.channels_last)
             finetune_step(model, optimizer, scaler, views, yb, device, precision)
             step += 1
+    return model
+
+
+def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device: torch.device,
+             precision: str, log=print) -> dict[str, Any]:
+    """Train a copy of ``enc.encoder`` plus a linear head on ``finetune.labels`` of the labeled
+    train split (:func:`train_classifier`), then report top-1 on the test split once.
+
+    Args:
+        enc: a :class:`simclr.eval_run.NormalizedEncoder`.
+        data: ``{"train": (uint8 images, labels), "test": (...)}``.
+    """
+    f = cfg.finetune
+    (x_all, y_all), (x_test, y_test) = data["train"], data["test"]
+    idx = label_subset(y_all, f.labels, cfg.train.seed)
+    t0 = time.perf_counter()
+    model = train_classifier(enc, x_all[idx], y_all[idx], int(y_all.max()) + 1, cfg, device,
+                             precision)
     log(f"finetune: {len(idx)} labeled images, {f.epochs} epochs in "
         f"{time.perf_counter() - t0:.1f}s")
+    encoder, head = model
+    mean, std = enc.mean.flatten().tolist(), enc.std.flatten().tolist()
     feats = extract_features(encoder, x_test, mean, std, cfg.eval.batch_size, device, precision)
     with torch.no_grad():
         pred = head.float().cpu()(feats).argmax(1)
@@ -95,6 +108,6 @@ def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device:
             "n_train": int(len(idx)), "n_test": int(len(y_test)),
             "feature_dim": int(enc.feature_dim),
             "settings": {"labels": f.labels, "epochs": f.epochs, "lr": f.lr,
-                         "weight_decay": f.weight_decay, "batch_size": batch,
+                         "weight_decay": f.weight_decay, "batch_size": min(f.batch_size, len(idx)),
                          "optimizer": "SGD nesterov momentum 0.9, cosine",
                          "augment": "random resized crop + flip", "trains_encoder": True}}

@@ -1,8 +1,12 @@
 """Run under torchrun by tests/test_dist.py: ``python -m torch.distributed.run
---nproc_per_node=2 tests/dist_worker.py MODE OUT_DIR``. Each rank saves its results to
-OUT_DIR/rank{R}.pt for the test to compare with one process."""
+--nproc_per_node=2 tests/dist_worker.py MODE OUT_DIR``, MODE one of ``equal`` (every
+"distributed equals one process" computation), ``pretrain`` (the 2-process ``simclr pretrain``
+runs, rank 0 slow) and ``fail`` (rank 1 raises). Each rank saves its results to
+OUT_DIR/rank{R}.pt (``pretrain``: rank{R}.json) for the test to check."""
 
+import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -82,52 +86,29 @@ def run_view_steps(model, train_model, cfg, views, rank=0, gather=None, steps=2)
     return losses
 
 
-SLOW_S = 4.0  # rank 0's monitor and each checkpoint write take this long; the test sets the
+SLOW_S = 3.0  # rank 0's monitor and each checkpoint write take this long; the test sets the
 # collectives' timeout (SIMCLR_DIST_TIMEOUT) below it
 
 
-def slow_main(out: Path, rank: int) -> None:
-    """Pretrain (data in OUT/data) while rank 0's kNN monitor and checkpoint writes are slow."""
-    import time
-
-    import simclr.train as train_mod
-
-    def slow(fn):
-        def wrapper(*args, **kwargs):
-            time.sleep(SLOW_S)
-            return fn(*args, **kwargs)
-        return wrapper
-
-    if rank == 0:
-        train_mod.knn_monitor = slow(train_mod.knn_monitor)
-        train_mod.save_checkpoint = slow(train_mod.save_checkpoint)
-    cfg = build_config(overrides={
-        "data.name": "mnist", "data.root": str(out / "data"), "data.download": False,
-        "model.width": 0.0625, "model.proj_dim": 8, "train.batch_size": 32, "train.epochs": 1,
-        "train.checkpoint_every": 2, "train.progress": False, "train.device": "cpu",
-        "eval.every": 1, "eval.knn_k": 10})
-    train_mod.pretrain(cfg, out / "run", log=lambda *_: None)
-
-
-def main(mode: str, out: Path) -> None:
-    assert dist.init("cpu"), "run me under torchrun with 2 processes"
-    rank, world = dist.rank(), dist.world_size()
+def equal(rank: int, world: int) -> dict:
+    """Every "distributed equals one process" computation in one process group: the gathered
+    NT-Xent (``loss``), the multi-view loss with and without labels (``views``), two training
+    steps (``step``) and steps on views of two sizes (``sized_step``)."""
     rows = slice(rank * N, (rank + 1) * N)
-    if mode == "loss":
-        z1, z2 = (z[rows].clone().requires_grad_() for z in global_z(world))
-        loss = nt_xent(z1, z2, T, rank=rank, gather=dist.gather_with_grad)
-        loss.backward()
-        torch.save({"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad}, out / f"rank{rank}.pt")
-    elif mode == "views":
-        z, labels = global_multi_z(world)
-        local = z[:, rows].reshape(VIEWS * N, D).requires_grad_()  # view-major
-        results = {}
-        for name, lab in (("self", None), ("supervised", labels[rows])):
-            loss = multi_nt_xent(local, VIEWS, T, rank=rank, gather=dist.gather_with_grad,
-                                 labels=lab)
-            results[name] = (loss.detach(), torch.autograd.grad(loss, local)[0])
-        torch.save(results, out / f"rank{rank}.pt")
-    elif mode in ("step", "sized_step"):
+    z1, z2 = (z[rows].clone().requires_grad_() for z in global_z(world))
+    loss = nt_xent(z1, z2, T, rank=rank, gather=dist.gather_with_grad)
+    loss.backward()
+    results = {"loss": {"loss": loss.detach(), "g1": z1.grad, "g2": z2.grad}}
+
+    z, labels = global_multi_z(world)
+    local = z[:, rows].reshape(VIEWS * N, D).requires_grad_()  # view-major
+    results["views"] = {}
+    for name, lab in (("self", None), ("supervised", labels[rows])):
+        loss = multi_nt_xent(local, VIEWS, T, rank=rank, gather=dist.gather_with_grad,
+                             labels=lab)
+        results["views"][name] = (loss.detach(), torch.autograd.grad(loss, local)[0])
+
+    for mode in ("step", "sized_step"):
         cfg = step_config(sized=mode == "sized_step")
         model = dist.convert_batchnorm(make_model(cfg))
         ddp = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
@@ -139,13 +120,53 @@ def main(mode: str, out: Path) -> None:
             losses = run_view_steps(model, ddp, cfg, views, rank, dist.gather_with_grad)
         global_losses = [float(dist.reduce_mean(torch.tensor(x, dtype=torch.float64)))
                          for x in losses]
-        torch.save({"state": model.state_dict(), "losses": global_losses}, out / f"rank{rank}.pt")
-    elif mode == "slow_main":
-        slow_main(out, rank)
+        results[mode] = {"state": model.state_dict(), "losses": global_losses}
+    return results
+
+
+def pretrain_runs(out: Path, rank: int) -> dict:
+    """``simclr pretrain`` (in this process, as the console shows it) on 2 processes, twice:
+    a fresh 1-epoch run in OUT/two while rank 0's kNN monitor and checkpoint writes are slow
+    (the test then resumes it on one process), and the resume to 2 epochs of OUT/single (which
+    the test pretrained on one process). The args of each run are in OUT/args.json."""
+    import simclr.train as train_mod
+    from tests.helpers import cli
+
+    def slow(fn):
+        def wrapper(*args, **kwargs):
+            time.sleep(SLOW_S)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    results = {}
+    for name, args in json.loads((out / "args.json").read_text()).items():
+        saved = train_mod.knn_monitor, train_mod.save_checkpoint
+        if name == "two" and rank == 0:
+            train_mod.knn_monitor = slow(train_mod.knn_monitor)
+            train_mod.save_checkpoint = slow(train_mod.save_checkpoint)
+        try:
+            result = cli(*args)
+        finally:
+            train_mod.knn_monitor, train_mod.save_checkpoint = saved
+        results[name] = vars(result)
+        if result.returncode != 0:
+            raise RuntimeError(f"rank {rank}: simclr {name} run failed:\n{result.stderr}")
+    return results
+
+
+def main(mode: str, out: Path) -> None:
+    assert dist.init("cpu"), "run me under torchrun with 2 processes"
+    rank, world = dist.rank(), dist.world_size()
+    if mode == "equal":
+        torch.save(equal(rank, world), out / f"rank{rank}.pt")
+    elif mode == "pretrain":
+        (out / f"rank{rank}.json").write_text(json.dumps(pretrain_runs(out, rank)))
     elif mode == "fail":
         if rank == 1:
             raise RuntimeError("rank 1 failed on purpose")
         torch.distributed.all_reduce(torch.ones(1))  # rank 0 waits for a peer that is gone
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
     dist.shutdown()
 
 

@@ -1,14 +1,95 @@
 """Helpers shared by the end-to-end tests."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).parent.parent
+
+
+@dataclass
+class Result:
+    """What a ``simclr`` command did: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def environ(changes: dict[str, str | None]):
+    """``os.environ`` with ``changes`` (None removes a variable), restored afterwards."""
+    saved = {k: os.environ.get(k) for k in changes}
+    try:
+        for k, v in changes.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def cli(*args, env: dict[str, str | None] | None = None, cwd: str | Path | None = None) -> Result:
+    """``simclr ARGS`` in this process (:func:`simclr.cli.main`): its exit code, stdout and
+    stderr as a console user sees them, warnings included (one ``simclr: warning:`` line each,
+    as the real command prints them).
+
+    ``env`` changes environment variables for the call (None removes one); ``cwd`` is the
+    working directory for the call. A subprocess (:func:`run_cli`) is for what only a process
+    shows: the console script, the allocator re-exec, signals, exit handlers.
+    """
+    from simclr import cli as simclr_cli
+
+    out, err = io.StringIO(), io.StringIO()
+    here, formatwarning = os.getcwd(), warnings.formatwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        err.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                environ(env or {}), warnings.catch_warnings():
+            warnings.resetwarnings()  # the filters of a fresh process
+            warnings.simplefilter("default")
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                             ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = show
+            if cwd is not None:
+                os.chdir(cwd)
+            try:
+                code = simclr_cli.main([str(a) for a in args])
+            except SystemExit as e:  # argparse: --help, usage errors
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    finally:
+        os.chdir(here)
+        warnings.formatwarning = formatwarning  # the command sets its one-line format
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+def one_line_error(result, fragment: str) -> str:
+    """Assert ``result`` (a :class:`Result` or a CompletedProcess) is exit code 2 with exactly
+    one stderr line ``simclr: error: ...`` containing ``fragment``, no traceback; returns it."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("simclr: error: "), result.stderr
+    assert fragment in lines[0], lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    return lines[0]
 
 
 def run_cli(*args, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -219,11 +219,11 @@ def test_external_arch_errors(fake_packages, monkeypatch):
 
 
 def test_missing_package_is_one_line_from_the_cli(tmp_path):
-    from tests.helpers import run_cli
+    from tests.helpers import cli
     reason = _importable("timm")
     if reason is None:
         pytest.skip("timm imports here")
-    proc = run_cli("pretrain", "--run-dir", tmp_path / "run", "--model.arch=timm:resnet18")
+    proc = cli("pretrain", "--run-dir", tmp_path / "run", "--model.arch=timm:resnet18")
     assert proc.returncode == 2 and not (tmp_path / "run").exists()
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs the timm package" in lines[0] and "pip install timm" in \

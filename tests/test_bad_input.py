@@ -1,10 +1,11 @@
-"""Bad data through the real CLI: each row is one ``simclr pretrain`` in a subprocess.
+"""Bad data through the CLI: each row is one ``simclr pretrain``, run in this process
+(:func:`tests.helpers.cli`) with the environment and working directory a user's shell gives it.
 
 Every bad input must end with exit code 2 and exactly one stderr line ``simclr: error: ...``
 naming the problem and the fix, no traceback, no run directory, nothing written into (or out
-of) the data folder, and no code run from a pickle. The rows run two at a time in one
-module-scoped fixture (each call pays ~2.5 s of torch import), then each row is checked in its
-own test.
+of) the data folder, and no code run from a pickle. The rows run one after another in one
+module-scoped fixture (in-process calls share stdout, stderr and the environment, so no
+threads), then each row is checked in its own test.
 """
 
 from __future__ import annotations
@@ -12,11 +13,8 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +22,8 @@ import numpy as np
 import pytest
 
 from tests import formats
+from tests.helpers import Result, cli
 
-REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--model.width=0.0625", "--model.proj_dim=16", "--train.progress=false",
          "--train.epochs=1", "--train.batch_size=4"]
 
@@ -177,26 +175,31 @@ ROWS: dict[str, Row] = {
 
 def run_row(row: Row, d: Path) -> dict:
     d.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIMCLR_")}
-    env.update(PYTHONPATH=str(REPO), SIMCLR_CACHE=str(d / "cache"),
-               SIMCLR_NO_CONTENTION_WARNING="1", **row.env(d))  # rows run two at a time
-    args = [sys.executable, "-m", "simclr", "pretrain", "--run-dir", str(d / "run"),
-            *row.setup(d), *SMALL]
-    proc = subprocess.run(args, cwd=d, env=env, capture_output=True, text=True, timeout=120)
-    return {"rc": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr, "dir": d}
+    # a user's environment: no SIMCLR_* variable but those the row sets
+    env: dict[str, str | None] = {k: None for k in os.environ if k.startswith("SIMCLR_")}
+    env.update(SIMCLR_CACHE=str(d / "cache"), SIMCLR_NO_CONTENTION_WARNING="1", **row.env(d))
+    got: Result = cli("pretrain", "--run-dir", d / "run", *row.setup(d), *SMALL, env=env, cwd=d)
+    return {"rc": got.returncode, "stdout": got.stdout, "stderr": got.stderr, "dir": d}
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory) -> dict[str, Future]:
-    """Every row's outcome, run two at a time; a row that fails to run fails only its test."""
+def results(tmp_path_factory) -> dict[str, dict | Exception]:
+    """Every row's outcome, one after another; a row that fails to run fails only its test."""
     base = tmp_path_factory.mktemp("bad_input")
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return {n: pool.submit(run_row, r, base / n) for n, r in ROWS.items()}
+    out: dict[str, dict | Exception] = {}
+    for name, row in ROWS.items():
+        try:
+            out[name] = run_row(row, base / name)
+        except Exception as e:  # raised again by the row's own test
+            out[name] = e
+    return out
 
 
 @pytest.mark.parametrize("name", list(ROWS))
 def test_bad_data_is_one_clean_error(name, results):
-    row, got = ROWS[name], results[name].result()
+    row, got = ROWS[name], results[name]
+    if isinstance(got, Exception):
+        raise got
     d, stderr = got["dir"], got["stderr"]
     report = f"rc {got['rc']}\nstderr:\n{stderr}\nstdout:\n{got['stdout']}"
     assert got["rc"] == row.rc, report

@@ -1,4 +1,5 @@
-"""`simclr bench` rows and the caching-allocator re-exec (no test asserts a timing)."""
+"""`simclr bench` rows and the caching-allocator re-exec (no test asserts a timing). The
+re-exec needs a real ``python -m simclr`` process; the other commands run in this one."""
 
 import json
 import os
@@ -15,6 +16,7 @@ from simclr.bench import bench_one, matrix
 from simclr.config import build_config
 from simclr.loss import multi_nt_xent, nt_xent
 from simclr.models import build_model
+from tests.helpers import cli
 
 REPO = Path(__file__).parent.parent
 TINY = {"data.name": "mnist", "model.width": 0.0625, "model.proj_dim": 8,
@@ -53,10 +55,8 @@ def test_matrix_rows():
 
 def test_bench_cli_json(tmp_path):
     out = tmp_path / "b.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "simclr", "bench", "--steps=1", "--windows=1", "--warmup=1",
-         "--json", out, *[f"--{k}={v}" for k, v in TINY.items()]],
-        env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300)
+    proc = cli("bench", "--steps=1", "--windows=1", "--warmup=1", "--json", out,
+               *[f"--{k}={v}" for k, v in TINY.items()])
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())
     assert report["environment"]["allocator"] in proc.stdout

@@ -6,6 +6,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 import simclr.clustering as K
@@ -77,5 +78,14 @@ def test_kmeans_more_clusters_than_classes():
     x, y = blobs(300, 3, 8, spread=3.0, seed=9)
     m = K.clustering_metrics(x, y, k=6)
     assert m["k"] == 6 and 0.3 <= m["accuracy"] <= 1.0
+    # the metric is k-means on L2-normalized features scored against the labels; recompute it
+    # independently: brute-force matching (unmatched clusters count as errors) and scikit-learn
+    pred = K.kmeans(F.normalize(x, dim=1), 6, n_init=10, seed=0)
+    assert torch.equal(pred, K.kmeans(F.normalize(x, dim=1), 6, n_init=10, seed=0))
+    assert len(torch.unique(pred)) == 6  # more clusters than classes: 3 of them unmatched
+    t, p = y.numpy(), pred.numpy()
+    assert m["accuracy"] == pytest.approx(brute_force_accuracy(t, p), abs=1e-12)
+    assert m["nmi"] == pytest.approx(normalized_mutual_info_score(t, p), abs=1e-10)
+    assert m["ari"] == pytest.approx(adjusted_rand_score(t, p), abs=1e-10)
     with pytest.raises(SimCLRError, match="k-means needs"):
         K.kmeans(x[:4], 5)

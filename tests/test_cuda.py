@@ -9,14 +9,12 @@ eval on the CPU (within 0.5 points); views on the GPU against views on the CPU f
 draws. Tolerances are checked against a control that must exceed them (another seed).
 """
 
-import gzip
 import json
 import math
 import shutil
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -33,7 +31,7 @@ from simclr.runtime import resolve_precision, step_generator
 from simclr.step import train_step
 from simclr.stream import StreamLoader
 from simclr.train import pretrain
-from tests.formats import idx_bytes, write_idx, write_image_folder
+from tests.formats import write_idx, write_image_folder, write_levels_idx
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="no CUDA GPU (torch.cuda.is_available() is False)")]
@@ -104,6 +102,15 @@ def test_pretrain_on_gpu(mnist, tmp_path, precision):
     knn = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
            if '"knn"' in x]
     assert len(knn) == 2 and all(0 <= x["knn_top1"] <= 1 for x in knn)
+    assert [x["epoch"] for x in knn] == [1, 2] and knn[-1]["k"] == 10
+    # the last monitor value is the offline kNN of the saved encoder: the same features
+    # (extract_features on this device, in this precision, from the run's config)
+    report = simclr.evaluate(run_dir, ["knn"], ["eval.baselines=false"], write=False, log=quiet)
+    (row,) = report["results"]
+    assert row["inputs"]["device"] == "cuda" and row["inputs"]["precision"] == precision
+    assert row["settings"]["k"] == 10
+    assert (row["n_train"], row["n_test"]) == (knn[-1]["n_train"], knn[-1]["n_test"])
+    assert row["top1"] == knn[-1]["knn_top1"]
     assert all(torch.isfinite(v).all() for v in encoder(run_dir).values())
 
 
@@ -244,21 +251,6 @@ def test_streamed_folder_on_gpu_pins_and_equals_in_memory(tmp_path, monkeypatch)
     streamed = pretrain(folder("on"), tmp_path / "streamed", log=quiet)
     in_memory = pretrain(folder("off"), tmp_path / "memory", log=quiet)
     assert losses(streamed) == pytest.approx(losses(in_memory), rel=NOISE)
-
-
-def write_levels_idx(root: Path, n_train: int, n_test: int) -> None:
-    """MNIST-format files whose class c (0-9) is the brightness level 25 + 22 c, with uniform
-    noise of +-60 per pixel: a task a random small encoder half solves (on a CPU, fp32: ~88%
-    linear, ~81% kNN), so results are neither saturated nor near chance. Crop and flip keep
-    the class (fine-tuning)."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        y = rng.integers(0, 10, n).astype(np.uint8)
-        noise = rng.integers(-60, 61, (n, 28, 28))
-        x = (25 + 22 * y[:, None, None] + noise).clip(0, 255).astype(np.uint8)
-        for kind, data in (("images-idx3", idx_bytes(x)), ("labels-idx1", idx_bytes(y))):
-            (root / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(data))
 
 
 @pytest.fixture(scope="module")

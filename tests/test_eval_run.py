@@ -2,10 +2,7 @@
 cache, the online monitor, the 80/20 protocol and fine-tuning."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,21 +11,23 @@ import yaml
 
 import simclr
 import simclr.eval_run as eval_run
+import simclr.finetune as finetune_module
 from simclr.config import build_config
+from simclr.data import load_split
 from simclr.errors import SimCLRError
+from simclr.protocols import pixel_features
 from simclr.report import write_report
 from simclr.results import format_table, merge_results, result_inputs, result_key
 from simclr.train import pretrain
 from tests.formats import write_image_folder
+from tests.helpers import cli
 
 REPO = Path(__file__).parent.parent
 
 
-def test_cli_eval_writes_schema_with_baselines(run_dir):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-m", "simclr", "eval", str(run_dir),
-                           "--eval.kmeans_init=2"], env=env, capture_output=True, text=True,
-                          timeout=600)
+def test_cli_eval_writes_schema_with_baselines(run_copy):
+    run_dir = run_copy
+    proc = cli("eval", run_dir, "--eval.kmeans_init=2", "--train.precision=fp32")
     assert proc.returncode == 0, proc.stderr
     assert "linear top1" in proc.stdout and "raw_pixels" in proc.stdout
     report = json.loads((run_dir / "eval.json").read_text())
@@ -39,9 +38,10 @@ def test_cli_eval_writes_schema_with_baselines(run_dir):
     for r in report["results"]:
         assert r["split"] == "test" and r["n_train"] == 128 and r["n_test"] == 48
         assert "settings" in r and "epoch" in r
-        for key in ("top1", "top5", "nmi", "accuracy"):
-            if r.get(key) is not None:
-                assert 0.0 <= r[key] <= 1.0
+        keys = {"linear": ("top1", "top5"), "knn": ("top1",),
+                "kmeans": ("nmi", "accuracy")}[r["protocol"]]
+        for key in keys:
+            assert 0.0 <= r[key] <= 1.0
         if r["protocol"] == "kmeans":
             assert -1.0 <= r["ari"] <= 1.0
     linear = next(r for r in report["results"] if r["protocol"] == "linear")
@@ -49,9 +49,23 @@ def test_cli_eval_writes_schema_with_baselines(run_dir):
     assert linear["n_val"] > 0
     pixels = next(r for r in report["results"] if r["model"] == "raw_pixels")
     assert pixels["feature_dim"] == 28 * 28
+    # the numbers, computed here from the data files with the public protocol functions
+    rows = {(r["model"], r["protocol"]): r for r in report["results"]}
+    root = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]
+    (x, y), (xt, yt) = (load_split("mnist", s, root, download=False) for s in ("train", "test"))
+    enc = simclr.load_encoder(run_dir)
+    f, ft = (simclr.extract_features(enc.encoder, images, enc.meta["mean"], enc.meta["std"])
+             for images in (x, xt))
+    assert rows["simclr", "knn"]["top1"] == simclr.knn_accuracy(f, y, ft, yt, k=20)
+    assert rows["simclr", "linear"]["top1"] == simclr.linear_probe(f, y, ft, yt)["top1"]
+    assert rows["simclr", "kmeans"]["nmi"] == simclr.kmeans_scores(ft, yt, n_init=2)["nmi"]
+    p, pt = pixel_features(x), pixel_features(xt)
+    assert rows["raw_pixels", "knn"]["top1"] == simclr.knn_accuracy(p, y, pt, yt, k=20)
+    assert 0.3 < rows["simclr", "linear"]["top1"] < 1.0  # a learnable task, not saturated
 
 
-def test_online_monitor_equals_offline_knn(run_dir):
+def test_online_monitor_equals_offline_knn(run_copy):
+    run_dir = run_copy
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     online = [x for x in lines if x["kind"] == "knn"]
     assert [x["epoch"] for x in online] == [1, 2]
@@ -70,7 +84,8 @@ def test_load_encoder_applies_normalization(run_dir):
     assert simclr.load_encoder(run_dir / "encoder.safetensors").meta == enc.meta
 
 
-def test_features_are_cached_per_encoder(run_dir, monkeypatch):
+def test_features_are_cached_per_encoder(run_copy, monkeypatch):
+    run_dir = run_copy
     simclr.evaluate(run_dir, ["knn"], ["eval.baselines=false"], write=False, log=lambda *_: None)
     calls = []
     real = eval_run.extract_features
@@ -81,13 +96,30 @@ def test_features_are_cached_per_encoder(run_dir, monkeypatch):
     assert calls == []
 
 
-def test_finetune_is_named_finetune(run_dir):
-    report = simclr.evaluate(run_dir, ["finetune"], ["eval.baselines=false", "finetune.epochs=1",
-                                                     "finetune.labels=0.5"], write=False,
-                             log=lambda *_: None)
+def test_finetune_is_named_finetune_and_scores_the_trained_classifier_on_test(run_copy):
+    settings = ["eval.baselines=false", "finetune.epochs=2", "finetune.labels=0.5",
+                "train.precision=fp32"]
+    report = quiet_eval(run_copy, ["finetune"], settings, write=False)
     (row,) = report["results"]
     assert row["protocol"] == "finetune" and row["settings"]["trains_encoder"] is True
-    assert abs(row["n_train"] - 64) <= 10 and 0.0 <= row["top1"] <= 1.0  # half of each class
+    # independently: the data as read from its files, half of each class (rounded), the
+    # classifier trained with the same settings, scored by hand on the test split
+    cfg = build_config(overrides=settings, base=yaml.safe_load((run_copy / "config.yaml")
+                                                               .read_text()))
+    (x, y), (xt, yt) = (load_split("mnist", s, cfg.data.root, download=False)
+                        for s in ("train", "test"))
+    assert row["n_train"] == sum(round(0.5 * int(n)) for n in torch.bincount(y))
+    assert row["n_test"] == len(yt)
+    enc = simclr.load_encoder(run_copy)
+    idx = finetune_module.label_subset(y, 0.5, cfg.train.seed)
+    model = finetune_module.train_classifier(enc, x[idx], y[idx], 10, cfg, torch.device("cpu"),
+                                             "fp32").eval()
+    mean, std = enc.meta["mean"][0], enc.meta["std"][0]
+    with torch.no_grad():
+        pred = model((xt.float() / 255 - mean) / std).argmax(1)
+    assert row["top1"] == pytest.approx((pred == yt).double().mean().item(), abs=1e-6)
+    trained, start = model[0].state_dict(), enc.encoder.state_dict()
+    assert any(not torch.equal(trained[k], start[k]) for k in start)  # the encoder learned
 
 
 def test_eighty_twenty_protocol_on_a_folder_without_test_split(tmp_path):
@@ -103,6 +135,14 @@ def test_eighty_twenty_protocol_on_a_folder_without_test_split(tmp_path):
                              log=lambda *_: None)
     assert {r["n_train"] for r in report["results"]} == {32}
     assert {r["n_test"] for r in report["results"]} == {8}
+    data = eval_run.eval_data(build_config(overrides=["probe.split=0.8"], base=yaml.safe_load(
+        (run_dir / "config.yaml").read_text())))
+    (xtr, _), (xte, yte) = data["train"], data["test"]
+    assert torch.bincount(yte).tolist() == [4, 4]  # a fifth of each class held out
+    whole = {bytes(img.numpy()) for img in load_split("folder", "train", tmp_path / "imgs",
+                                                      image_size=16)[0]}
+    train, test = ({bytes(img.numpy()) for img in images} for images in (xtr, xte))
+    assert not train & test and train | test == whole and len(whole) == 40  # a partition
 
 
 def test_unknown_protocol_and_missing_run(tmp_path, run_dir):
@@ -196,19 +236,23 @@ def test_encoder_file_alone_is_evaluated_on_the_dataset_it_records(run_dir, tmp_
                    encoder_file=tmp_path / "enc.safetensors")
 
 
-def test_baseline_features_are_cached_by_everything_that_changes_them(fresh_run, monkeypatch):
+def test_baseline_features_are_cached_by_everything_that_changes_them(fresh_run, monkeypatch,
+                                                                       cpu_kind):
     calls = []
     real = eval_run.extract_features
     monkeypatch.setattr(eval_run, "extract_features",
                         lambda *a, **k: calls.append(k.get("precision", a[-1])) or real(*a, **k))
-    quiet_eval(fresh_run, ["knn"])
-    assert len(calls) == 4  # simclr and random_init, train and test
+    quiet_eval(fresh_run, ["knn"])  # precision auto: cpu_kind's
+    assert calls == [cpu_kind] * 4  # simclr and random_init, train and test
     assert len(list((fresh_run / "features").iterdir())) == 4
     calls.clear()
     quiet_eval(fresh_run, ["knn", "kmeans"], ["eval.kmeans_init=2"])
     assert calls == []  # both encoders' features come from the cache
-    quiet_eval(fresh_run, ["knn"], ["train.precision=bf16"])
-    assert calls == ["bf16"] * 4  # another precision: extracted again, cached apart
+    quiet_eval(fresh_run, ["knn"], [f"train.precision={cpu_kind}"])
+    assert calls == []  # auto is this precision: the same features
+    other = "fp32" if cpu_kind == "bf16" else "bf16"
+    quiet_eval(fresh_run, ["knn"], [f"train.precision={other}"])
+    assert calls == [other] * 4  # another precision: extracted again, cached apart
     assert len(list((fresh_run / "features").iterdir())) == 8
     calls.clear()
     quiet_eval(fresh_run, ["knn"], ["train.seed=1"])  # another random init; same simclr

@@ -14,7 +14,7 @@ import simclr
 from simclr.errors import SimCLRError
 from simclr.export import export_torchvision, from_torchvision, to_torchvision
 from simclr.models import ResNet
-from tests.helpers import run_cli
+from tests.helpers import cli
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 LAYOUT = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
@@ -129,7 +129,7 @@ def test_the_exported_weights_compute_our_features_by_torchvisions_forward(arch,
 
 def test_cli_export_writes_the_file_and_the_loading_code(run_dir, tmp_path):
     # the conftest run is a width-1/16 ResNet-18: refused, then a full-width one is exported
-    proc = run_cli("export", run_dir, "--format", "torchvision")
+    proc = cli("export", run_dir, "--format", "torchvision")
     assert proc.returncode == 2 and "no width multiplier" in proc.stderr
     assert not (run_dir / "encoder_torchvision.pt").exists()
     enc = simclr.load_encoder(run_dir)
@@ -137,7 +137,7 @@ def test_cli_export_writes_the_file_and_the_loading_code(run_dir, tmp_path):
     meta = {**enc.meta, "width": 1.0, "shortcut": "projection"}
     from simclr.checkpoint import export_encoder
     export_encoder(tmp_path / "encoder.safetensors", full, meta)
-    proc = run_cli("export", tmp_path, "--format", "torchvision")
+    proc = cli("export", tmp_path, "--format", "torchvision")
     assert proc.returncode == 0, proc.stderr
     path = tmp_path / "encoder_torchvision.pt"
     assert proc.stdout.startswith(f"wrote {path}")

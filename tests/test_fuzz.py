@@ -22,6 +22,7 @@ import math
 import os
 import pickle
 import pickletools
+import shutil
 import struct
 import tarfile
 import tempfile
@@ -63,6 +64,7 @@ def overwrite(data: bytes, edits: list[tuple[int, int]]) -> bytes:
     return bytes(out)
 
 
+@functools.cache  # one strategy object per input: built and checked once
 def damaged(valid: bytes, window: int = 1024) -> st.SearchStrategy[bytes]:
     """Random bytes, a prefix of ``valid``, or ``valid`` with 1-8 bits flipped or bytes set.
 
@@ -95,6 +97,7 @@ def _traced() -> Iterator[None]:
     yield
     if not tracing:
         tracemalloc.stop()
+    shutil.rmtree(_TEMPLATES, ignore_errors=True)
 
 
 @contextmanager
@@ -162,12 +165,22 @@ FLAT = "folder-only-image"  # labels -1
 _VALID: dict[str, bytes] = {}
 
 
+_TEMPLATES = Path(tempfile.mkdtemp(prefix="simclr-fuzz-"))  # removed by _traced at the end
+
+
+def template(case: str) -> Path:
+    """A folder holding the case's valid data, written once per session (each example copies
+    it: writing CIFAR archives or PNGs anew cost more than reading them)."""
+    folder = _TEMPLATES / case
+    if not folder.exists():
+        CASES[case][0](folder)
+    return folder
+
+
 def valid_bytes(case: str) -> bytes:
     """The undamaged bytes of the case's target file (written once per session)."""
     if case not in _VALID:
-        with tempfile.TemporaryDirectory() as d:
-            CASES[case][0](Path(d))
-            _VALID[case] = (Path(d) / CASES[case][1]).read_bytes()
+        _VALID[case] = (template(case) / CASES[case][1]).read_bytes()
     return _VALID[case]
 
 
@@ -189,12 +202,12 @@ def expect_clean_error(err: SimCLRError) -> None:
 @FUZZ
 @given(data=st.data())
 def test_reader_survives_damaged_file(case, data):
-    write, target, name, split, chw, classes = CASES[case]
+    _, target, name, split, chw, classes = CASES[case]
     blob = data.draw(damaged(valid_bytes(case)), label="file")
     with tempfile.TemporaryDirectory() as d, \
             mock.patch.dict(os.environ, {"SIMCLR_CACHE": f"{d}/.cache"}):
         root = Path(d) / "root"
-        write(root)
+        shutil.copytree(template(case), root)
         (root / target).write_bytes(blob)
         before = sorted(p.relative_to(d) for p in Path(d).rglob("*") if ".cache" not in str(p))
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 
 from benchmarks import gpu_check as G
 from simclr.data import load_split
+from tests.helpers import cli
 
 REPO = Path(__file__).parent.parent
 
@@ -114,9 +116,26 @@ def test_bench_graphs_compiles_with_cuda_graphs(monkeypatch, tmp_path):
     assert json.loads(out.read_text())["rows"][0]["ratio"] == 0.5
 
 
-def test_every_step_at_toy_sizes_on_cpu(tmp_path, capsys):
+def in_process(real_run):
+    """``G.run`` with ``python -m simclr ...`` commands run in this process (the same argv
+    through :func:`simclr.cli.main`); others (torchrun) and the step that SIGKILLs its run
+    still start real processes."""
+    def run(cmd, timeout, cwd=None):
+        if cmd[:3] != G.simclr_cmd():
+            return real_run(cmd, timeout, cwd)
+        start = time.perf_counter()
+        r = cli(*cmd[3:], cwd=cwd)
+        out = r.stdout + r.stderr
+        return {"ok": r.returncode == 0, "rc": r.returncode,
+                "seconds": round(time.perf_counter() - start, 2), "head": out[:600],
+                "tail": out[-2000:]}
+    return run
+
+
+def test_every_step_at_toy_sizes_on_cpu(tmp_path, capsys, monkeypatch):
     """The GPU run's steps, unchanged, at TINY sizes: bench, two epochs, torchrun, kill -9 +
     resume (bit-exact on a CPU)."""
+    monkeypatch.setattr(G, "run", in_process(G.run))
     code = G.main(["--tiny", "--device", "cpu", "--out", str(tmp_path / "out"),
                    "--work", str(tmp_path)])
     out = capsys.readouterr().out
@@ -138,10 +157,12 @@ def test_every_step_at_toy_sizes_on_cpu(tmp_path, capsys):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("gpu_check_")]
 
 
-def test_cuda_tests_are_marked_and_skip_without_a_gpu():
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p",
-                           "no:cacheprovider", "--collect-only", str(REPO / "tests")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    collected = [x for x in proc.stdout.splitlines() if "::" in x]
+def test_cuda_tests_are_marked_and_skip_without_a_gpu(capsys):
+    """``pytest -m cuda`` (what the GPU check's first step runs) selects the tests of
+    tests/test_cuda.py alone, all of them (collected in this process)."""
+    code = pytest.main(["-q", "-m", "cuda", "-p", "no:cacheprovider", "--collect-only",
+                        str(REPO / "tests")])
+    out = capsys.readouterr().out
+    assert code == 0, out[-2000:]
+    collected = [x for x in out.splitlines() if "::" in x]
     assert len(collected) >= 12 and all("test_cuda.py" in x for x in collected)

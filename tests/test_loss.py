@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from simclr.loss import multi_nt_xent, nt_xent
 
@@ -78,6 +79,52 @@ def test_gather_identity_is_one_process():
         nt_xent(z1, z2, 0.5).item(), rel=1e-6)
 
 
+def algorithm1_images(z1: torch.Tensor, z2: torch.Tensor, t: float, images) -> float:
+    """Algorithm 1's terms over the whole batch, averaged over the anchors of ``images`` only
+    (both views of each): the loss one rank computes for its images of a global batch."""
+    z = []
+    for a, b in zip(z1, z2, strict=True):
+        z += [a, b]
+
+    def sim(u, v):
+        return float(u @ v) / (math.sqrt(float(u @ u)) * math.sqrt(float(v @ v)))
+
+    def ell(i, j):
+        den = sum(math.exp(sim(z[i], z[k]) / t) for k in range(len(z)) if k != i)
+        return -math.log(math.exp(sim(z[i], z[j]) / t) / den)
+
+    return sum(ell(2 * k, 2 * k + 1) + ell(2 * k + 1, 2 * k) for k in images) / (2 * len(images))
+
+
+def fake_gather(rank: int, local: list, others: list):
+    """A stand-in for ``gather_with_grad`` on rank ``rank`` of 2: the tensor it is given (one
+    of ``local``, L2-normalized, matched by value) with the other rank's rows for the same
+    tensor (``others``, normalized) before (rank 1) or after (rank 0) it."""
+    def gather(t):
+        (i,) = [i for i, x in enumerate(local)
+                if torch.allclose(t, F.normalize(x.to(t.dtype), dim=1), rtol=0, atol=1e-12)]
+        other = F.normalize(others[i].to(t.dtype), dim=1)
+        return torch.cat([t, other] if rank == 0 else [other, t])
+    return gather
+
+
+def test_gather_of_a_second_rank_gives_that_ranks_share_of_the_global_loss():
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(10, 8, generator=g), torch.randn(10, 8, generator=g)
+    t, n = 0.5, 5
+    a, b = (z1[:n], z2[:n]), (z1[n:], z2[n:])  # rank 0's and rank 1's images
+    loss0 = nt_xent(*a, t, rank=0, gather=fake_gather(0, list(a), list(b)))
+    loss1 = nt_xent(*b, t, rank=1, gather=fake_gather(1, list(b), list(a)))
+    assert float(loss0) == pytest.approx(algorithm1_images(z1, z2, t, range(n)), rel=1e-5)
+    assert float(loss1) == pytest.approx(algorithm1_images(z1, z2, t, range(n, 2 * n)),
+                                         rel=1e-5)
+    assert abs(float(loss0) - float(loss1)) > 1e-3  # the two ranks' shares differ
+    # equal shards: the mean over ranks is the loss of the concatenated batch
+    assert float(loss0 + loss1) / 2 == pytest.approx(float(nt_xent(z1, z2, t)), rel=1e-6)
+    # without the other rank's rows (a gather ignored) rank 1's loss differs
+    assert abs(float(nt_xent(*b, t)) - float(loss1)) > 1e-3
+
+
 # ---------------------------------------------------------------- V views, several positives
 
 
@@ -85,6 +132,12 @@ def multi_reference(z: torch.Tensor, views: int, t: float, labels=None) -> float
     """Khosla et al. 2020 eq. 2 (L_out), loop by loop: for every anchor i, the mean over its
     positives p of -log(exp(s_ip / t) / sum_{a != i} exp(s_ia / t)); the mean over anchors.
     Rows are view-major (row v*N + k is view v of image k)."""
+    losses = multi_reference_anchors(z, views, t, labels)
+    return sum(losses) / len(losses)
+
+
+def multi_reference_anchors(z: torch.Tensor, views: int, t: float, labels=None) -> list:
+    """``multi_reference``'s per-anchor terms, one per row of ``z``."""
     rows = [r.tolist() for r in z]
     total = len(rows)
     n = total // views
@@ -94,13 +147,13 @@ def multi_reference(z: torch.Tensor, views: int, t: float, labels=None) -> float
         dot = sum(a * b for a, b in zip(u, v, strict=True))
         return dot / (math.sqrt(sum(a * a for a in u)) * math.sqrt(sum(b * b for b in v)))
 
-    loss = 0.0
+    losses = []
     for i in range(total):
         den = sum(math.exp(sim(rows[i], rows[a]) / t) for a in range(total) if a != i)
         positives = [p for p in range(total) if p != i and group[p] == group[i]]
-        loss += sum(-math.log(math.exp(sim(rows[i], rows[p]) / t) / den)
-                    for p in positives) / len(positives)
-    return loss / total
+        losses.append(sum(-math.log(math.exp(sim(rows[i], rows[p]) / t) / den)
+                          for p in positives) / len(positives))
+    return losses
 
 
 def randn(*shape, seed=0):
@@ -168,7 +221,41 @@ def test_multi_view_gather_identity_is_one_process():
         float(multi_nt_xent(z, 3, 0.5)), rel=1e-12)
 
 
+def test_multi_view_gather_of_a_second_rank_gives_that_ranks_share_of_the_global_loss():
+    views, n, t = 3, 4, 0.5
+    z = randn(views * 2 * n, 8, seed=4)  # view-major global batch of 2 ranks x n images
+    per_view = z.view(views, 2 * n, -1)
+    shard = [per_view[:, r * n:(r + 1) * n].reshape(views * n, -1) for r in range(2)]
+
+    def rows(x):  # what multi_nt_xent gathers: N x (V D) normalized rows
+        return F.normalize(x, dim=1).view(views, n, -1).transpose(0, 1).reshape(n, -1)
+
+    def gather_on(r):
+        """Rank r's gather: its own rows before (rank 0) or after (rank 1) the other rank's."""
+        other = rows(shard[1 - r])
+        return lambda m: torch.cat([m, other] if r == 0 else [other, m])
+
+    loss = [multi_nt_xent(shard[r], views, t, rank=r, gather=gather_on(r)) for r in range(2)]
+    # the per-anchor reference over the global batch, averaged over each rank's anchors
+    full = multi_reference_anchors(z, views, t)
+    for r in range(2):
+        mine = [full[v * 2 * n + k] for v in range(views) for k in range(r * n, (r + 1) * n)]
+        assert float(loss[r]) == pytest.approx(sum(mine) / len(mine), rel=1e-12)
+    assert float(sum(loss)) / 2 == pytest.approx(float(multi_nt_xent(z, views, t)), rel=1e-12)
+
+
 def test_multi_view_float32_and_bf16_inputs_compute_in_float32():
     z = randn(12, 8, seed=5).float()
     assert multi_nt_xent(z, 3, 0.5).dtype == torch.float32
     assert multi_nt_xent(z.bfloat16(), 3, 0.5).dtype == torch.float32
+    # computed in float32 from the bf16 values, not in bf16 then cast
+    zb = z.bfloat16()
+    assert torch.equal(multi_nt_xent(zb, 3, 0.5), multi_nt_xent(zb.float(), 3, 0.5))
+    z1, z2 = zb[:6], zb[6:]
+    assert nt_xent(z1, z2, 0.5).dtype == torch.float32
+    assert torch.equal(nt_xent(z1, z2, 0.5), nt_xent(z1.float(), z2.float(), 0.5))
+    assert float(nt_xent(z1, z2, 0.5)) == pytest.approx(algorithm1(z1.double(), z2.double(), 0.5),
+                                                        rel=1e-5)
+    for dtype in (torch.float16, torch.float64):
+        assert multi_nt_xent(z.to(dtype), 3, 0.5).dtype == torch.promote_types(dtype,
+                                                                               torch.float32)

@@ -221,6 +221,14 @@ def test_extract_features_is_eval_mode_forward_on_normalized_input():
     assert not enc.training  # an eval-mode encoder stays in eval mode
     bf16 = E.extract_features(enc, images, mean, std, precision="bf16")
     assert bf16.dtype == torch.float32 and torch.allclose(bf16, want, atol=0.1, rtol=0.1)
+    # bf16 is the same forward under CPU autocast on the channels_last normalized batch, not
+    # the fp32 forward (which a precision that is ignored would give)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want_bf16 = enc(x.contiguous(memory_format=torch.channels_last))
+    assert want_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(bf16, want_bf16.float(), rtol=0, atol=0)
+    assert not torch.equal(bf16, feats)
+    assert (bf16 - feats).abs().max() > 1e-3  # bf16 has ~3 significant digits
 
 
 def test_extract_features_rejects_bad_input():

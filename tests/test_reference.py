@@ -16,9 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from simclr.config import build_config
 from simclr.crop import _bicubic_boxes
+from simclr.data import load_split
+from simclr.eval_run import load_encoder
 from simclr.models import ResNet, ScaleOnlyBatchNorm1d, build_model
 from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
 from simclr.protocols import linear_sgd
@@ -225,6 +228,19 @@ def test_reference_init_is_variance_scaling_and_normal_001():
     _, model = _preset_model()
     head_w = model.head.net[0].weight.detach()
     assert float(head_w.std()) == pytest.approx(0.01, rel=0.15)
+    # every head linear layer is N(0, 0.01^2), untruncated: pool their weights and test the
+    # mean, std and the tail beyond 2 sigma to ~4 standard errors of the sample size
+    ws = torch.cat([m.weight.detach().flatten() for m in model.head.net
+                    if isinstance(m, torch.nn.Linear)]).double()
+    n = ws.numel()
+    assert n == 32 * 32 + 32 * 32 + 32 * 128
+    assert abs(float(ws.mean())) <= 4 * 0.01 / math.sqrt(n)
+    se_std = 0.01 / math.sqrt(2 * (n - 1))  # std error of a normal sample's std
+    assert abs(float(ws.std()) - 0.01) <= 4 * se_std  # a 2-sigma truncation has std 0.0088
+    p_tail = math.erfc(2 / math.sqrt(2))  # P(|w| > 2 sigma) = 4.55% for a normal
+    tail = float((ws.abs() > 2 * 0.01).double().mean())
+    assert tail > 0.02  # a normal truncated at +-2 sigma has no tail at all
+    assert abs(tail - p_tail) <= 4 * math.sqrt(p_tail * (1 - p_tail) / n)
 
 
 def test_preset_sets_every_flag_of_the_reference_command():
@@ -378,8 +394,31 @@ def test_bicubic_crop_is_tfs_crop_and_resize():
         torch.testing.assert_close(got[b], want, rtol=0, atol=1e-6)
 
 
+def ref_linear_sgd(x, y, xt, yt, epochs: int, batch: int, lr: float, seed: int,
+                   classes: int) -> tuple[torch.Tensor, torch.Tensor, float, int]:
+    """Keras SGD(nesterov=True) on zero-init logits, float64: v = m v - lr g; w += m v - lr g,
+    lr from the cosine over N x E // B + 1 steps, batches from an endless stream of seeded
+    epoch permutations. Returns (weight, bias, test top-1, steps)."""
+    n, d = x.shape
+    total = n * epochs // batch + 1
+    w, b = torch.zeros(classes, d, dtype=torch.float64), torch.zeros(classes, dtype=torch.float64)
+    vw, vb = torch.zeros_like(w), torch.zeros_like(b)
+    perm_g = torch.Generator().manual_seed(seed)
+    stream = torch.cat([torch.randperm(n, generator=perm_g) for _ in range(epochs + 1)])
+    peak = lr * batch / 256
+    for step in range(total):
+        idx = stream[step * batch:(step + 1) * batch]
+        xb, yb = x[idx].double(), y[idx]
+        p = torch.softmax(xb @ w.T + b, 1) - F.one_hot(yb, classes).double()
+        gw, gb = p.T @ xb / batch, p.sum(0) / batch
+        step_lr = peak * 0.5 * (1 + math.cos(math.pi * step / total))
+        vw, vb = 0.9 * vw - step_lr * gw, 0.9 * vb - step_lr * gb
+        w, b = w + 0.9 * vw - step_lr * gw, b + 0.9 * vb - step_lr * gb
+    top1 = ((xt.double() @ w.T + b).argmax(1) == yt).double().mean().item()
+    return w, b, top1, total
+
+
 def test_linear_sgd_is_tfs_nesterov_momentum_on_zero_init_logits():
-    """Keras SGD(nesterov=True): v = m v - lr g; w += m v - lr g, lr from the cosine."""
     g = torch.Generator().manual_seed(0)
     n, d, classes, batch, epochs = 200, 6, 3, 64, 2
     x = torch.randn(n, d, generator=g)
@@ -387,35 +426,30 @@ def test_linear_sgd_is_tfs_nesterov_momentum_on_zero_init_logits():
     xt = torch.randn(50, d, generator=g)
     yt = torch.randint(0, classes, (50,), generator=g)
     got = linear_sgd(x, y, xt, yt, epochs=epochs, batch_size=batch, lr=0.1, seed=3)
-    total = n * epochs // batch + 1
+    w, b, want, total = ref_linear_sgd(x, y, xt, yt, epochs, batch, 0.1, 3, classes)
     assert got["steps"] == total
-    w, b = torch.zeros(classes, d, dtype=torch.float64), torch.zeros(classes, dtype=torch.float64)
-    vw, vb = torch.zeros_like(w), torch.zeros_like(b)
-    perm_g = torch.Generator().manual_seed(3)
-    stream = torch.cat([torch.randperm(n, generator=perm_g) for _ in range(epochs + 1)])
-    peak = 0.1 * batch / 256
-    for step in range(total):
-        idx = stream[step * batch:(step + 1) * batch]
-        xb, yb = x[idx].double(), y[idx]
-        p = torch.softmax(xb @ w.T + b, 1) - F.one_hot(yb, classes).double()
-        gw, gb = p.T @ xb / batch, p.sum(0) / batch
-        lr = peak * 0.5 * (1 + math.cos(math.pi * step / total))
-        vw, vb = 0.9 * vw - lr * gw, 0.9 * vb - lr * gb
-        w, b = w + 0.9 * vw - lr * gw, b + 0.9 * vb - lr * gb
     torch.testing.assert_close(got["weight"].double(), w, rtol=0, atol=1e-5)
     torch.testing.assert_close(got["bias"].double(), b, rtol=0, atol=1e-5)
-    want = ((xt.double() @ w.T + b).argmax(1) == yt).double().mean().item()
     assert got["top1"] == pytest.approx(want, abs=1e-6)
 
 
-def test_eval_reports_linear_sgd_as_its_own_protocol(run_dir):
+def test_eval_reports_linear_sgd_as_its_own_protocol(run_copy):
     from simclr.eval_run import evaluate
 
-    report = evaluate(run_dir, ["linear_sgd"], ["eval.baselines=false", "probe.sgd_epochs=3"],
-                      log=lambda *_: None)
+    settings = ["eval.baselines=false", "probe.sgd_epochs=3", "train.precision=fp32"]
+    report = evaluate(run_copy, ["linear_sgd"], settings, log=lambda *_: None)
     (row,) = report["results"]
     assert row["protocol"] == "linear_sgd" and row["split"] == "test"
-    assert 0 <= row["top1"] <= 1
     s = row["settings"]
     assert (s["epochs"], s["batch_size"], s["lr"]) == (3, 512, 0.1)
     assert s["steps"] == 128 * 3 // 128 + 1  # the batch is capped at the 128 train images
+    # independently: the run's encoder on the data as read from its files, then the
+    # reference's SGD on those features (the batch capped at the 128 train images)
+    root = yaml.safe_load((run_copy / "config.yaml").read_text())["data"]["root"]
+    (x, y), (xt, yt) = (load_split("mnist", split, root, download=False)
+                        for split in ("train", "test"))
+    enc = load_encoder(run_copy)
+    with torch.no_grad():
+        f, ft = enc(x.float() / 255), enc(xt.float() / 255)
+    *_, want, _ = ref_linear_sgd(f, y, ft, yt, 3, 128, 0.1, 0, int(y.max()) + 1)
+    assert row["top1"] == pytest.approx(want, abs=1e-6)

@@ -1,5 +1,6 @@
 """Crash safety (SIGKILL, then the same command again), the run-dir lock, and safe loading of
-checkpoints."""
+checkpoints. Processes where a process is under test (SIGKILL, a second process on a locked run
+dir); the other commands run in this process (:func:`tests.helpers.cli`)."""
 
 import os
 import signal
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 
 from simclr.checkpoint import run_lock
 from tests.formats import write_idx
-from tests.helpers import last_step
+from tests.helpers import cli, last_step, one_line_error
 
 REPO = Path(__file__).parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -27,17 +28,23 @@ def root(tmp_path_factory):
     return root
 
 
-def args(root, run_dir, *extra):
-    return [sys.executable, "-m", "simclr", "pretrain", "--run-dir", str(run_dir),
+def pretrain_args(root, run_dir, *extra):
+    """``simclr pretrain ...`` arguments: 5 epochs of 6 steps, a checkpoint every 2 steps."""
+    return ["pretrain", "--run-dir", str(run_dir),
             "--data.name=mnist", f"--data.root={root}", "--data.download=false",
             "--model.width=0.0625", "--model.proj_dim=16", "--train.batch_size=32",
             "--train.epochs=5", "--train.log_every=1", "--train.checkpoint_every=2",
             "--train.progress=false", "--optim.warmup_epochs=1", *extra]
 
 
-def kill_at(root, run_dir, step: int) -> None:
+def args(root, run_dir, *extra):
+    """The same as a ``python -m simclr`` process."""
+    return [sys.executable, "-m", "simclr", *pretrain_args(root, run_dir, *extra)]
+
+
+def kill_at(root, run_dir, step: int, *extra) -> None:
     """Start pretraining and SIGKILL it once its log passes ``step``."""
-    proc = subprocess.Popen(args(root, run_dir), env=ENV, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(args(root, run_dir, *extra), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while last_step(run_dir) < step and proc.poll() is None and time.monotonic() < deadline:
@@ -48,12 +55,15 @@ def kill_at(root, run_dir, step: int) -> None:
 
 
 def test_sigkill_twice_then_resume_gives_the_uninterrupted_encoder(root, tmp_path):
+    """Killed processes (real ones: SIGKILL); the uninterrupted run and the final resume run
+    in this process (fp32 pinned, so all four compute alike whatever the CPU kind)."""
+    fp32 = "--train.precision=fp32"
     straight = tmp_path / "straight"
-    subprocess.run(args(root, straight), env=ENV, check=True, capture_output=True)
+    assert cli(*pretrain_args(root, straight, fp32)).returncode == 0
     crashed = tmp_path / "crashed"
-    kill_at(root, crashed, 5)  # inside epoch 1 (6 steps per epoch)
-    kill_at(root, crashed, 17)  # inside epoch 3
-    done = subprocess.run(args(root, crashed), env=ENV, capture_output=True, text=True)
+    kill_at(root, crashed, 5, fp32)  # inside epoch 1 (6 steps per epoch)
+    kill_at(root, crashed, 17, fp32)  # inside epoch 3
+    done = cli(*pretrain_args(root, crashed, fp32))
     assert done.returncode == 0, done.stderr
     assert "resuming at step" in done.stdout
     a = load_file(str(straight / "encoder.safetensors"))
@@ -65,6 +75,8 @@ def test_sigkill_twice_then_resume_gives_the_uninterrupted_encoder(root, tmp_pat
 
 
 def test_second_process_on_a_run_dir_is_refused(root, tmp_path):
+    """A real second process (the lock is the OS's, between processes), through the console
+    script: its exit code and one-line error end to end."""
     run_dir = tmp_path / "run"
     with run_lock(run_dir):
         proc = subprocess.run(args(root, run_dir), env=ENV, capture_output=True, text=True)
@@ -75,26 +87,17 @@ def test_second_process_on_a_run_dir_is_refused(root, tmp_path):
     assert not (run_dir / "checkpoint.pt").exists()
 
 
-def one_line(proc, fragment):
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("simclr: error:") and fragment in lines[0], \
-        proc.stderr
-
-
 def test_unwritable_run_dir_fails_before_training(root, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    proc = subprocess.run(args(root, blocker / "run"), env=ENV, capture_output=True, text=True)
-    one_line(proc, "cannot write the run dir")
+    one_line_error(cli(*pretrain_args(root, blocker / "run")), "cannot write the run dir")
 
 
 def test_corrupt_checkpoint_is_refused_and_kept(root, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "checkpoint.pt").write_bytes(b"\x00garbage" * 100)
-    proc = subprocess.run(args(root, run_dir), env=ENV, capture_output=True, text=True)
-    one_line(proc, "is corrupt or not a simclr checkpoint")
+    one_line_error(cli(*pretrain_args(root, run_dir)), "is corrupt or not a simclr checkpoint")
     assert (run_dir / "checkpoint.pt").read_bytes() == b"\x00garbage" * 100
 
 
@@ -110,22 +113,18 @@ def test_checkpoint_that_would_run_code_is_refused(root, tmp_path):
     run_dir, marker = tmp_path / "run", tmp_path / "pwned"
     run_dir.mkdir()
     torch.save({"model": Payload(marker)}, run_dir / "checkpoint.pt")
-    proc = subprocess.run(args(root, run_dir), env=ENV, capture_output=True, text=True)
-    one_line(proc, "is corrupt or not a simclr checkpoint")
+    one_line_error(cli(*pretrain_args(root, run_dir)), "is corrupt or not a simclr checkpoint")
     assert not marker.exists()
 
 
 def test_resume_with_other_architecture_is_refused(root, tmp_path):
     run_dir = tmp_path / "run"
-    first = subprocess.run(args(root, run_dir, "--train.max_steps=2"), env=ENV,
-                           capture_output=True, text=True)
+    first = cli(*pretrain_args(root, run_dir, "--train.max_steps=2"))
     assert first.returncode == 0, first.stderr
-    proc = subprocess.run(args(root, run_dir, "--model.arch=resnet34"), env=ENV,
-                          capture_output=True, text=True)
-    one_line(proc, "model.arch differ")
-    proc = subprocess.run(args(root, run_dir, "--model.arch=resnet34", "--force"), env=ENV,
-                          capture_output=True, text=True)
-    one_line(proc, "holds a different model")
+    one_line_error(cli(*pretrain_args(root, run_dir, "--model.arch=resnet34")),
+                   "model.arch differ")
+    one_line_error(cli(*pretrain_args(root, run_dir, "--model.arch=resnet34", "--force")),
+                   "holds a different model")
 
 
 def test_resume_with_fewer_visible_gpus_than_the_checkpoint_saw(root, tmp_path, monkeypatch):

@@ -14,9 +14,10 @@ from PIL import Image
 
 import simclr
 from simclr import pictures, report
+from simclr.data import load_split
 from simclr.errors import SimCLRError
 from simclr.eval_run import format_table
-from tests.helpers import run_cli as simclr_cli
+from tests.helpers import cli as simclr_cli
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -68,7 +69,8 @@ def test_run_stats_equal_our_computation(run_dir):
     assert stats["epochs"] == 2 and stats["steps"] == 8
 
 
-def test_cli_plot_prints_the_stats_and_writes_the_figure(run_dir):
+def test_cli_plot_prints_the_stats_and_writes_the_figure(run_copy):
+    run_dir = run_copy
     proc = simclr_cli("plot", run_dir)
     assert proc.returncode == 0, proc.stderr
     s = own_stats(run_dir)
@@ -95,10 +97,34 @@ def test_plot_overlays_runs_labelled_by_their_config_differences(run_dir, tmp_pa
     assert_picture(out, (1500, 500))
 
 
-def test_embed_map_of_test_features(run_dir, tmp_path):
+def test_embed_map_of_test_features(run_dir, tmp_path, monkeypatch):
+    from sklearn.manifold import trustworthiness
+
+    figures = []
+    save = pictures._save
+    monkeypatch.setattr(pictures, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
     out = pictures.embed_map(run_dir, tmp_path / "embed.png", points=40, log=lambda *_: None)
     arr = assert_picture(out, (900, 800))
     assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 10  # class colours, not one ink
+    # what is drawn: one scatter per class, named by the legend, holding the chosen test
+    # images of that class at 2-D points whose neighbourhoods are those of their features
+    (ax,) = [a for a in figures[0].axes if a.collections]
+    root = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]
+    images, labels = load_split("mnist", "test", root, download=False)
+    idx = pictures.pick_stratified(labels, 40)
+    classes = sorted(set(labels[idx].tolist()))
+    assert [c.get_label() for c in ax.collections] == [pictures.CLASS_NAMES["mnist"][c]
+                                                        for c in classes]
+    with torch.no_grad():
+        feats = simclr.load_encoder(run_dir)(images[idx].float() / 255)
+    high = torch.cat([feats[labels[idx] == c] for c in classes]).numpy()
+    low = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert len(low) == 40 and len({tuple(c.get_facecolor()[0][:3]) for c in ax.collections}) == \
+        len(classes)
+    trust = trustworthiness(high, low, n_neighbors=5, metric="cosine")
+    shuffled = trustworthiness(high, low[np.random.default_rng(0).permutation(40)],
+                               n_neighbors=5, metric="cosine")
+    assert trust > 0.75 and shuffled < 0.65, (trust, shuffled)  # neighbours kept, or chance
 
 
 def test_pick_stratified_takes_classes_in_turn():
@@ -118,10 +144,29 @@ def test_nearest_is_brute_force_cosine():
         assert sims[q].tolist() == pytest.approx([cos[i] for i in order], abs=1e-5)
 
 
-def test_cli_neighbors_grid(run_dir, tmp_path):
+def test_cli_neighbors_grid(run_copy, tmp_path, monkeypatch):
+    run_dir = run_copy
     out = tmp_path / "nn.png"
-    proc = simclr_cli("neighbors", run_dir, "--out", out, "--queries", 3, "--k", 4)
+    searches = []
+    real = pictures.nearest
+    monkeypatch.setattr(pictures, "nearest", lambda bank, queries, k: searches.append(
+        (bank, queries, real(bank, queries, k))) or searches[-1][2])
+    proc = simclr_cli("neighbors", run_dir, "--out", out, "--queries", 3, "--k", 4,
+                      "--train.precision=fp32")
     assert proc.returncode == 0, proc.stderr
+    # the neighbours drawn: the 4 most cosine-similar of all 128 train images to each of the
+    # 3 test queries (one per class in turn), by the run's encoder
+    ((bank, queries, (_, idx)),) = searches
+    root = yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["root"]
+    (x, _), (xt, yt) = (load_split("mnist", s, root, download=False) for s in ("train", "test"))
+    enc = simclr.load_encoder(run_dir)
+    f = simclr.extract_features(enc.encoder, x, enc.meta["mean"], enc.meta["std"])
+    q = simclr.extract_features(enc.encoder, xt[pictures.pick_stratified(yt, 3)],
+                                enc.meta["mean"], enc.meta["std"])
+    torch.testing.assert_close(bank, f, rtol=1e-4, atol=1e-5)  # (weights' memory layout)
+    torch.testing.assert_close(queries, q, rtol=1e-4, atol=1e-5)
+    cos = torch.nn.functional.normalize(q, dim=1) @ torch.nn.functional.normalize(f, dim=1).T
+    assert idx.tolist() == [sorted(range(128), key=lambda i: -float(c[i]))[:4] for c in cos]
     # 5 cells of 1.2 in + 4 gaps of 0.1 + 0.35 spacer + 0.3 margins = 7.05 in wide;
     # 3 rows of 1.5 in + 0.15 margin + a 3-line title of 0.75 in = 5.4 in high; 100 dpi
     arr = assert_picture(out, (705, 540))
@@ -144,7 +189,8 @@ def test_cells_show_colour_and_gray_images_as_they_are(tmp_path):
     assert centre_b[0] == centre_b[1] == centre_b[2]
 
 
-def test_report_without_then_with_eval(run_dir):
+def test_report_without_then_with_eval(run_copy):
+    run_dir = run_copy
     out = report.write_report(run_dir, log=lambda *_: None)
     text = out.read_text()
     assert "No `eval.json` yet: run `simclr eval" in text

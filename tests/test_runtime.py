@@ -1,9 +1,13 @@
 """Device and precision choice (mocked GPUs), CUDA fast-path settings, seeded generators."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from simclr import runtime
+
+REAL_BF16_PROBE = runtime.cpu_has_bf16  # before any fixture fakes the CPU kind
 
 
 @pytest.mark.parametrize("capability, emulated, expected", [
@@ -27,6 +31,15 @@ def test_auto_precision_on_cpu(monkeypatch):
     assert runtime.resolve_precision("auto", torch.device("cpu")) == "fp32"
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     assert runtime.resolve_precision("auto", torch.device("cpu")) == "bf16"
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs Linux's /proc/cpuinfo")
+def test_the_bf16_probe_reads_this_cpus_flags():
+    """The probe is what the kernel says of this CPU: AVX512-BF16 or AMX (so an AVX2-only CPU
+    gets fp32, a Zen 4 or Sapphire Rapids bf16)."""
+    flags = next((line.split(":", 1)[1].split() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
+    assert REAL_BF16_PROBE() == ("avx512_bf16" in flags or "amx_tile" in flags), flags
 
 
 @pytest.fixture

@@ -199,7 +199,7 @@ def test_no_warning_for_a_clean_folder(tmp_path):
 def test_cli_corrupt_file_while_streaming_is_one_line(tmp_path):
     from PIL import Image
 
-    from tests.helpers import run_cli
+    from tests.helpers import cli
 
     root = tmp_path / "data"
     formats.write_image_folder(root, 0, 40, 24)
@@ -208,9 +208,9 @@ def test_cli_corrupt_file_while_streaming_is_one_line(tmp_path):
     data = good.read_bytes()
     (root / "y.jpg").write_bytes(data[:len(data) // 2])  # truncated: the header still reads
     out = tmp_path / "run"
-    proc = run_cli("pretrain", "--run-dir", out, "--data.name=folder", f"--data.root={root}",
-                   "--data.stream=on", f"--data.image_size={SIZE}", "--train.batch_size=8",
-                   "--model.width=0.0625", "--model.proj_dim=16", "--train.progress=false")
+    proc = cli("pretrain", "--run-dir", out, "--data.name=folder", f"--data.root={root}",
+               "--data.stream=on", f"--data.image_size={SIZE}", "--train.batch_size=8",
+               "--model.width=0.0625", "--model.proj_dim=16", "--train.progress=false")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("simclr: error: cannot decode "), proc.stderr

@@ -13,7 +13,7 @@ from simclr import sweep as S
 from simclr.errors import SimCLRError
 from simclr.report import run_stats
 from tests.formats import write_idx
-from tests.helpers import run_cli as simclr_cli
+from tests.helpers import cli
 
 REPO = Path(__file__).parent.parent
 GRID = ["--grid", "optim.name=lars,adam", "--grid", "train.batch_size=32,64"]
@@ -40,7 +40,7 @@ def simclr_row(eval_json: dict, protocol: str, key: str) -> float:
 
 def test_sweep_tabulates_every_cell_and_resumes(tiny, tmp_path):
     out = tmp_path / "sweep"
-    proc = simclr_cli("sweep", *GRID, "--out", out, *tiny)
+    proc = cli("sweep", *GRID, "--out", out, *tiny)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(CELLS)
 
@@ -70,7 +70,7 @@ def test_sweep_tabulates_every_cell_and_resumes(tiny, tmp_path):
 
     mtimes = {c: (out / c / "checkpoint.pt").stat().st_mtime_ns for c in CELLS}
     (out / CELLS[1] / "eval.json").unlink()  # trained but not evaluated: evaluate only
-    proc = simclr_cli("sweep", *GRID, "--out", out, *tiny)
+    proc = cli("sweep", *GRID, "--out", out, *tiny)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("finished, skipped") == 3 and "training" not in proc.stdout
     assert {c: (out / c / "checkpoint.pt").stat().st_mtime_ns for c in CELLS} == mtimes
@@ -88,7 +88,7 @@ def test_sweep_tabulates_every_cell_and_resumes(tiny, tmp_path):
 ])
 def test_bad_grid_fails_before_any_run_dir(tiny, tmp_path, grid, fragment):
     out = tmp_path / "sweep"
-    proc = simclr_cli("sweep", "--grid", grid, "--out", out, *tiny)
+    proc = cli("sweep", "--grid", grid, "--out", out, *tiny)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("simclr: error: ") and fragment in lines[0]
