@@ -205,9 +205,9 @@ def step_bench(s: Sizes, work: Path, mode: str, timeout: float = 300) -> dict[st
 def bench_graphs(argv: list[str]) -> int:
     """``simclr bench`` with ``torch.compile(mode="reduce-overhead")`` (CUDA graphs): not a
     config value, so this process calls bench_one itself."""
-    from simclr.bench import bench_one, environment, format_rows
     from simclr.cli import _split_overrides
     from simclr.config import build_config
+    from simclr.tools.bench import bench_one, environment, format_rows
 
     p = argparse.ArgumentParser()
     for name in ("--steps", "--windows", "--warmup"):

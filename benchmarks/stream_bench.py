@@ -32,16 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from simclr import allocator
 from simclr import config as C
-from simclr.augment import two_views
-from simclr.data import load_split
-from simclr.loader import TensorLoader
-from simclr.models import build_model
-from simclr.optim import build_optimizer, set_lr
-from simclr.runtime import resolve_device, resolve_precision, step_generator
-from simclr.step import train_step
-from simclr.stream import StreamLoader
+from simclr.augment.ops import two_views
+from simclr.data.datasets import load_split
+from simclr.data.loader import TensorLoader
+from simclr.data.stream import StreamLoader
+from simclr.models.factory import build_model
+from simclr.runtime import allocator
+from simclr.runtime.compute import resolve_device, resolve_precision, step_generator
+from simclr.train.optim import build_optimizer, set_lr
+from simclr.train.step import train_step
 
 
 def write_photos(root: Path, n: int, side: int, classes: int = 10, seed: int = 0) -> None:

@@ -1,5 +1,17 @@
 """SimCLR contrastive self-supervised learning on PyTorch.
 
+Layers, lowest first; a module imports only its own layer or lower ones (``tests/test_layout.py``
+checks every import, and that there is no cycle):
+
+1. ``errors``, ``runtime`` (device, precision, seeded generators, atomic writes, allocator),
+   ``config`` (the schema, YAML, overrides, checks): what every layer may use.
+2. ``data`` (official formats -> uint8 tensors, the batch order), ``augment`` (views, batched on
+   the device), ``models`` (encoders, head, the one encoder factory): side by side.
+3. ``train`` (pretrain -> the loop -> one step of the loss; the run directory; processes).
+4. ``evaluation`` (features, protocols, fine-tuning, eval.json, the one pipeline). Training's
+   online kNN monitor uses its pure functions (features, protocols, splits), nothing else.
+5. ``tools`` (sweep, report, pictures, bench, export), then ``cli``.
+
 The public API is imported on first use (``simclr.pretrain``, ``from simclr import nt_xent``),
 so ``import simclr`` and ``simclr --help`` do not pay for importing torch.
 """
@@ -13,16 +25,16 @@ from simclr.errors import SimCLRError  # noqa: F401  (in __all__)
 # public name -> the module that defines it ("module:name" where the name there differs)
 _EXPORTS = {
     "Config": "simclr.config", "build_config": "simclr.config",
-    "evaluate_encoder": "simclr.encoder_eval",
-    "evaluate": "simclr.eval_run", "load_encoder": "simclr.eval_run",
-    "kmeans_scores": "simclr.clustering:clustering_metrics",
-    "multi_nt_xent": "simclr.loss", "nt_xent": "simclr.loss",
-    "ProjectionHead": "simclr.models", "ResNet": "simclr.models", "SimCLR": "simclr.models",
-    "build_model": "simclr.models",
-    "LARS": "simclr.optim", "lr_at": "simclr.optim",
-    "extract_features": "simclr.protocols", "knn_accuracy": "simclr.protocols",
-    "linear_probe": "simclr.protocols",
-    "pretrain": "simclr.train",
+    "evaluate_encoder": "simclr.evaluation.encoder_eval",
+    "evaluate": "simclr.evaluation.pipeline", "load_encoder": "simclr.evaluation.encoder",
+    "kmeans_scores": "simclr.evaluation.clustering:clustering_metrics",
+    "multi_nt_xent": "simclr.train.loss", "nt_xent": "simclr.train.loss",
+    "ProjectionHead": "simclr.models.head", "ResNet": "simclr.models.resnet",
+    "SimCLR": "simclr.models.head", "build_model": "simclr.models.factory",
+    "LARS": "simclr.train.optim", "lr_at": "simclr.train.optim",
+    "extract_features": "simclr.evaluation.features",
+    "knn_accuracy": "simclr.evaluation.protocols", "linear_probe": "simclr.evaluation.protocols",
+    "pretrain": "simclr.train.pretrain",
 }
 
 __all__ = sorted([*_EXPORTS, "SimCLRError"])

@@ -161,13 +161,14 @@ def _pretrain(args, overrides: list[str]) -> None:
     from simclr.config import build_config
 
     cfg = build_config(args.config, overrides)  # before torch: a typo fails at once
-    from simclr.train import pretrain
+    from simclr.train.pretrain import pretrain
 
     pretrain(cfg, args.run_dir, force=args.force)
 
 
 def _eval(args, overrides: list[str]) -> None:
-    from simclr.eval_run import EVAL_JSON, evaluate, format_table
+    from simclr.evaluation.pipeline import evaluate
+    from simclr.evaluation.results import EVAL_JSON, format_table
 
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
     report = evaluate(args.run_dir, protocols, overrides, encoder_file=args.encoder)
@@ -177,7 +178,7 @@ def _eval(args, overrides: list[str]) -> None:
 
 
 def _export(args, overrides: list[str]) -> None:
-    from simclr.export import export_torchvision
+    from simclr.tools.export import export_torchvision
 
     _no_overrides("export", overrides)
     path, code = export_torchvision(args.run_dir, args.out)
@@ -188,8 +189,8 @@ def _augment_preview(args, overrides: list[str]) -> None:
     from simclr.config import build_config
 
     cfg = build_config(args.config, overrides)
-    from simclr.data import channel_stats, load_train
-    from simclr.pictures import augment_preview
+    from simclr.data.datasets import channel_stats, load_train
+    from simclr.tools.pictures import augment_preview
 
     images, _ = load_train(cfg.data)
     mean, std = cfg.augment.mean, cfg.augment.std
@@ -206,7 +207,7 @@ def _no_overrides(command: str, overrides: list[str]) -> None:
 
 
 def _plot(args, overrides: list[str]) -> None:
-    from simclr.report import format_stats, plot_runs, run_stats
+    from simclr.tools.report import format_stats, plot_runs, run_stats
 
     _no_overrides("plot", overrides)
     for run_dir in args.run_dirs:
@@ -215,19 +216,19 @@ def _plot(args, overrides: list[str]) -> None:
 
 
 def _embed(args, overrides: list[str]) -> None:
-    from simclr.pictures import embed_map
+    from simclr.tools.pictures import embed_map
 
     print(f"wrote {embed_map(args.run_dir, args.out, overrides, args.points, args.method)}")
 
 
 def _neighbors(args, overrides: list[str]) -> None:
-    from simclr.pictures import neighbors_grid
+    from simclr.tools.pictures import neighbors_grid
 
     print(f"wrote {neighbors_grid(args.run_dir, args.out, overrides, args.queries, args.k)}")
 
 
 def _sweep(args, overrides: list[str]) -> None:
-    from simclr.sweep import RESULTS_CSV, RESULTS_MD, format_results, sweep
+    from simclr.tools.sweep import RESULTS_CSV, RESULTS_MD, format_results, sweep
 
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
     rows = sweep(args.config, args.grid, overrides, args.out, protocols)
@@ -236,7 +237,7 @@ def _sweep(args, overrides: list[str]) -> None:
 
 
 def _report(args, overrides: list[str]) -> None:
-    from simclr.report import write_report
+    from simclr.tools.report import write_report
 
     print(f"wrote {write_report(args.run_dir, overrides)}")
 
@@ -245,7 +246,7 @@ def _bench(args, overrides: list[str]) -> None:
     from simclr.config import build_config
 
     cfg = build_config(args.config, overrides)
-    from simclr.bench import run
+    from simclr.tools.bench import run
 
     run(cfg, args.steps, args.warmup, args.windows, args.matrix, args.compile, args.json)
 
@@ -291,7 +292,7 @@ def _main(argv: list[str] | None, reexec: bool = False) -> int:
     try:
         overrides = _split_overrides(extra, parser)
         if reexec and args.command in COMPUTE:
-            from simclr.allocator import maybe_reexec
+            from simclr.runtime.allocator import maybe_reexec
 
             maybe_reexec(sys.argv[1:])  # use a caching allocator if one is installed
         COMMANDS[args.command](args, overrides)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from simclr import runtime
 from simclr.cli import exit_now
 from simclr.config import build_config
-from simclr.train import pretrain
+from simclr.runtime import compute as runtime
+from simclr.train.pretrain import pretrain
 from tests.formats import write_idx, write_levels_idx
 
 # Output must not depend on the machine's load: no CPU-contention warning in runs the tests start

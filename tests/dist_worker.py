@@ -13,12 +13,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from simclr import dist  # noqa: E402
-from simclr.config import build_config  # noqa: E402
-from simclr.loss import multi_nt_xent, nt_xent  # noqa: E402
-from simclr.models import build_model  # noqa: E402
-from simclr.optim import build_optimizer, set_lr  # noqa: E402
-from simclr.step import train_step  # noqa: E402
+from simclr.config import build_config
+from simclr.models.factory import build_model
+from simclr.train import dist
+from simclr.train.loss import multi_nt_xent, nt_xent
+from simclr.train.optim import build_optimizer, set_lr
+from simclr.train.step import train_step
 
 N, D, T = 6, 5, 0.3  # rows per rank, projection dim, temperature
 BATCH = 4  # images per rank in the training-step check
@@ -129,7 +129,7 @@ def pretrain_runs(out: Path, rank: int) -> dict:
     a fresh 1-epoch run in OUT/two while rank 0's kNN monitor and checkpoint writes are slow
     (the test then resumes it on one process), and the resume to 2 epochs of OUT/single (which
     the test pretrained on one process). The args of each run are in OUT/args.json."""
-    import simclr.train as train_mod
+    import simclr.train.loop as train_mod
     from tests.helpers import cli
 
     def slow(fn):

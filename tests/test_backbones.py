@@ -12,10 +12,10 @@ import yaml
 from torch import nn
 
 import simclr
-from simclr.backbones import build_external, cifar_stem_, feature_dim
-from simclr.checkpoint import read_encoder
 from simclr.config import build_config
 from simclr.errors import SimCLRError
+from simclr.models.external import build_external, cifar_stem_, feature_dim
+from simclr.train.rundir import read_encoder
 
 
 class TinyNet(nn.Module):

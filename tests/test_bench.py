@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from simclr import allocator
-from simclr.bench import bench_one, matrix
 from simclr.config import build_config
-from simclr.loss import multi_nt_xent, nt_xent
-from simclr.models import build_model
+from simclr.models.factory import build_model
+from simclr.runtime import allocator
+from simclr.tools.bench import bench_one, matrix
+from simclr.train.loss import multi_nt_xent, nt_xent
 from tests.helpers import cli
 
 REPO = Path(__file__).parent.parent

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import simclr.checkpoint as ckpt
-from simclr.models import ResNet
+import simclr.train.rundir as ckpt
+from simclr.models.resnet import ResNet
 
 REPO = Path(__file__).parent.parent
 
@@ -63,7 +63,7 @@ def test_package_imports_without_fcntl_and_the_lock_says_it_is_off(tmp_path):
     script = f"""
 import sys, warnings
 sys.modules["fcntl"] = None  # import fcntl -> ImportError
-import simclr, simclr.checkpoint as c
+import simclr, simclr.train.rundir as c
 assert c.fcntl is None
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter("always")
@@ -83,8 +83,8 @@ print(str(w[0].message))
 def test_a_saved_config_without_newer_keys_resumes_unforced():
     """A run saved before a key existed resumes: the missing key counts as its default, so
     only real changes (and never eval/probe/finetune or the free train keys) are listed."""
-    from simclr.checkpoint import resume_changes
     from simclr.config import build_config
+    from simclr.train.rundir import resume_changes
 
     planned = build_config().to_dict()
     old = {s: dict(v) for s, v in planned.items()}

@@ -18,8 +18,8 @@ from PIL import Image
 
 import simclr
 from simclr.config import build_config
-from simclr.data import channel_stats, load_split
-from simclr.pictures import augment_preview
+from simclr.data.datasets import channel_stats, load_split
+from simclr.tools.pictures import augment_preview
 from tests.formats import write_cifar10_python, write_idx
 from tests.helpers import cli, one_line_error
 
@@ -137,12 +137,12 @@ def test_debug_shows_the_traceback_before_or_after_the_subcommand(tmp_path, wher
 
 FRESH_INTERPRETER = """
 import sys
-import simclr.allocator, simclr.cli as cli
+import simclr.runtime.allocator, simclr.cli as cli
 CASES = [["--help"], ["eval", "--help"], ["eval", "--protocl=knn"], ["pretrain", "--train.epoch=3"],
          ["pretrain", "--optim.lr=-1"]]
 for args in CASES:
     calls = []
-    simclr.allocator.maybe_reexec = lambda argv: calls.append(argv)
+    simclr.runtime.allocator.maybe_reexec = lambda argv: calls.append(argv)
     cli.exit_now = lambda code: print("exit", code, calls, "torch" in sys.modules)
     sys.argv = ["simclr", *args]
     try:

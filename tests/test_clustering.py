@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-import simclr.clustering as K
+import simclr.evaluation.clustering as K
 from simclr.errors import SimCLRError
 from tests.helpers import blobs
 

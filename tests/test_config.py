@@ -5,16 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simclr.config import (
-    OPTIM_DEFAULTS,
-    Config,
-    build_config,
-    diff,
-    parse_value,
-    save_yaml,
-)
+from simclr.config import OPTIM_DEFAULTS, Config, build_config, diff, parse_value, save_yaml
 from simclr.errors import SimCLRError
-from simclr.optim import OPTIMIZERS
+from simclr.train.optim import OPTIMIZERS
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

@@ -20,17 +20,17 @@ import torch
 from safetensors.torch import load_file
 
 import simclr
-from simclr import augment as A
-from simclr import dist
-from simclr.checkpoint import load_checkpoint
+from simclr.augment import ops as A
 from simclr.config import Augment, build_config
-from simclr.loader import TensorLoader, epoch_permutation
-from simclr.models import build_model
-from simclr.optim import build_optimizer, set_lr
-from simclr.runtime import resolve_precision, step_generator
-from simclr.step import train_step
-from simclr.stream import StreamLoader
-from simclr.train import pretrain
+from simclr.data.loader import TensorLoader, epoch_permutation
+from simclr.data.stream import StreamLoader
+from simclr.models.factory import build_model
+from simclr.runtime.compute import resolve_precision, step_generator
+from simclr.train import dist
+from simclr.train.optim import build_optimizer, set_lr
+from simclr.train.pretrain import pretrain
+from simclr.train.rundir import load_checkpoint
+from simclr.train.step import train_step
 from tests.formats import write_idx, write_image_folder, write_levels_idx
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import torch
 
-import simclr.data as data
-import simclr.download
-import simclr.folder
+import simclr.data.datasets as data
+import simclr.data.download
+import simclr.data.folder
 from simclr.config import Data
-from simclr.data import DATASETS, load_split, load_train, resize
-from simclr.download import RESOURCES, Resource, md5sum
+from simclr.data.datasets import DATASETS, load_split, load_train, resize
+from simclr.data.download import RESOURCES, Resource, md5sum
+from simclr.data.loader import TensorLoader
 from simclr.errors import SimCLRError
-from simclr.loader import TensorLoader
 from tests import formats
 
 
@@ -68,7 +68,7 @@ def test_cifar10_channel_order(tmp_path):
 
 
 def pickle_row(path: Path) -> torch.Tensor:
-    from simclr.download import restricted_load
+    from simclr.data.download import restricted_load
 
     with open(path, "rb") as f:
         return torch.from_numpy(restricted_load(f)[b"data"][0].copy())
@@ -242,7 +242,7 @@ def test_folder_classes_and_cache(tmp_path, monkeypatch):
     def broken(path, size):
         raise AssertionError("decoded again: the cache was not used")
 
-    monkeypatch.setattr(simclr.folder, "_decode_image", broken)
+    monkeypatch.setattr(simclr.data.folder, "_decode_image", broken)
     assert_same(load_split("folder", "train", tmp_path / "imgs", image_size=20), *want)
     with pytest.raises(AssertionError, match="decoded again"):  # another size: a new key
         load_split("folder", "train", tmp_path / "imgs", image_size=10)
@@ -293,7 +293,7 @@ def test_folder_empty_or_unreadable_or_missing(tmp_path):
 
 
 def test_readers_refuse_what_does_not_fit_in_memory(tmp_path, monkeypatch):
-    monkeypatch.setattr(simclr.download, "available_memory", lambda: 20_000)
+    monkeypatch.setattr(simclr.data.download, "available_memory", lambda: 20_000)
     formats.write_image_folder(tmp_path / "imgs", 0, 3, 8)
     assert load_split("folder", "train", tmp_path / "imgs", image_size=40)[0].shape[0] == 3
     with pytest.raises(SimCLRError, match=r"3 images at 48x48 needs .*: use a smaller "

@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from simclr.loss import multi_nt_xent, nt_xent
+from simclr.train.loss import multi_nt_xent, nt_xent
 from tests import dist_worker as W
 from tests.formats import write_idx
 from tests.helpers import cli
@@ -206,7 +206,7 @@ def test_one_process_pretrain_resumes_under_torchrun(launch, straight):
 def test_init_binds_the_process_to_its_gpu(monkeypatch, device_type, backend):
     import torch.distributed as td
 
-    from simclr import dist
+    from simclr.train import dist
 
     calls = {}
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -1,4 +1,5 @@
-"""Tests of simclr.download: checksummed downloads, safe tar extraction, restricted unpickling."""
+"""Tests of simclr.data.download: checksummed downloads, safe tar extraction, restricted
+unpickling."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import simclr.download
-from simclr.download import (
+import simclr.data.download
+from simclr.data.download import (
     RESOURCES,
     Resource,
     available_memory,
@@ -374,18 +375,18 @@ def test_available_memory_reads_meminfo(tmp_path):
 
 
 def test_check_memory(monkeypatch):
-    monkeypatch.setattr(simclr.download, "available_memory", lambda: 3 << 30)
+    monkeypatch.setattr(simclr.data.download, "available_memory", lambda: 3 << 30)
     check_memory(3 << 30, "x", "fix")
     with pytest.raises(SimCLRError, match=r"^big data needs 3.5 GiB of memory but only 3.0 GiB is "
                                           r"available: use less$"):
         check_memory(7 << 29, "big data", "use less")
-    monkeypatch.setattr(simclr.download, "available_memory", lambda: None)
+    monkeypatch.setattr(simclr.data.download, "available_memory", lambda: None)
     check_memory(1 << 60, "x", "fix")  # unknown: no check
 
 
 def test_read_tar_members_refuses_more_than_memory(tmp_path, monkeypatch):
     archive = make_tar(tmp_path / "a.tar.gz", [file_member("d/x")], {"d/x": b"x" * 5000})
-    monkeypatch.setattr(simclr.download, "available_memory", lambda: 4000)
+    monkeypatch.setattr(simclr.data.download, "available_memory", lambda: 4000)
     with pytest.raises(SimCLRError, match=r"a.tar.gz needs 0.0 MiB of memory but only 0.0 MiB"):
         read_tar_members(archive, ["d/x"])
 

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import simclr
-from simclr import clustering, encoder_eval, protocols
 from simclr.config import build_config
 from simclr.errors import SimCLRError
+from simclr.evaluation import clustering, encoder_eval, features, protocols
 
 
 def quiet(*_):
@@ -133,7 +133,7 @@ def test_finetune_runs_on_any_module(tensors):
 
 
 def test_protocol_functions_are_exported():
-    assert simclr.extract_features is protocols.extract_features
+    assert simclr.extract_features is features.extract_features
     assert simclr.linear_probe is protocols.linear_probe
     assert simclr.knn_accuracy is protocols.knn_accuracy
     assert simclr.kmeans_scores is clustering.clustering_metrics

@@ -10,15 +10,16 @@ import torch
 import yaml
 
 import simclr
-import simclr.eval_run as eval_run
-import simclr.finetune as finetune_module
+import simclr.evaluation.cache as feature_cache
+import simclr.evaluation.finetune as finetune_module
 from simclr.config import build_config
-from simclr.data import load_split
+from simclr.data.datasets import load_split
 from simclr.errors import SimCLRError
-from simclr.protocols import pixel_features
-from simclr.report import write_report
-from simclr.results import format_table, merge_results, result_inputs, result_key
-from simclr.train import pretrain
+from simclr.evaluation.features import pixel_features
+from simclr.evaluation.results import format_table, merge_results, result_inputs, result_key
+from simclr.evaluation.splits import eval_data
+from simclr.tools.report import write_report
+from simclr.train.pretrain import pretrain
 from tests.formats import write_image_folder
 from tests.helpers import cli
 
@@ -88,8 +89,8 @@ def test_features_are_cached_per_encoder(run_copy, monkeypatch):
     run_dir = run_copy
     simclr.evaluate(run_dir, ["knn"], ["eval.baselines=false"], write=False, log=lambda *_: None)
     calls = []
-    real = eval_run.extract_features
-    monkeypatch.setattr(eval_run, "extract_features",
+    real = feature_cache.extract_features
+    monkeypatch.setattr(feature_cache, "extract_features",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     simclr.evaluate(run_dir, ["knn", "kmeans"], ["eval.baselines=false"], write=False,
                     log=lambda *_: None)
@@ -135,7 +136,7 @@ def test_eighty_twenty_protocol_on_a_folder_without_test_split(tmp_path):
                              log=lambda *_: None)
     assert {r["n_train"] for r in report["results"]} == {32}
     assert {r["n_test"] for r in report["results"]} == {8}
-    data = eval_run.eval_data(build_config(overrides=["probe.split=0.8"], base=yaml.safe_load(
+    data = eval_data(build_config(overrides=["probe.split=0.8"], base=yaml.safe_load(
         (run_dir / "config.yaml").read_text())))
     (xtr, _), (xte, yte) = data["train"], data["test"]
     assert torch.bincount(yte).tolist() == [4, 4]  # a fifth of each class held out
@@ -239,8 +240,8 @@ def test_encoder_file_alone_is_evaluated_on_the_dataset_it_records(run_dir, tmp_
 def test_baseline_features_are_cached_by_everything_that_changes_them(fresh_run, monkeypatch,
                                                                        cpu_kind):
     calls = []
-    real = eval_run.extract_features
-    monkeypatch.setattr(eval_run, "extract_features",
+    real = feature_cache.extract_features
+    monkeypatch.setattr(feature_cache, "extract_features",
                         lambda *a, **k: calls.append(k.get("precision", a[-1])) or real(*a, **k))
     quiet_eval(fresh_run, ["knn"])  # precision auto: cpu_kind's
     assert calls == [cpu_kind] * 4  # simclr and random_init, train and test

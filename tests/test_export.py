@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 import simclr
 from simclr.errors import SimCLRError
-from simclr.export import export_torchvision, from_torchvision, to_torchvision
-from simclr.models import ResNet
+from simclr.models.resnet import ResNet
+from simclr.tools.export import export_torchvision, from_torchvision, to_torchvision
 from tests.helpers import cli
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -135,7 +135,7 @@ def test_cli_export_writes_the_file_and_the_loading_code(run_dir, tmp_path):
     enc = simclr.load_encoder(run_dir)
     full = trained_looking(ResNet("resnet18", 1.0, "cifar", 1, "projection"))
     meta = {**enc.meta, "width": 1.0, "shortcut": "projection"}
-    from simclr.checkpoint import export_encoder
+    from simclr.train.rundir import export_encoder
     export_encoder(tmp_path / "encoder.safetensors", full, meta)
     proc = cli("export", tmp_path, "--format", "torchvision")
     assert proc.returncode == 0, proc.stderr
@@ -153,7 +153,7 @@ def test_cli_export_writes_the_file_and_the_loading_code(run_dir, tmp_path):
 
 
 def test_export_refuses_what_torchvision_cannot_hold(tmp_path):
-    from simclr.checkpoint import export_encoder
+    from simclr.train.rundir import export_encoder
     base = {"in_channels": 3, "image_size": 32, "mean": [0.5] * 3, "std": [0.2] * 3,
             "stem": "cifar", "width": 1.0}
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1))
@@ -170,7 +170,7 @@ def test_torchvision_loads_the_export_and_gives_our_features(tmp_path):
         importlib.import_module("torchvision")
     except Exception as e:  # not installed, or built for another torch
         pytest.skip(f"torchvision does not import here ({type(e).__name__}: {e})")
-    from simclr.checkpoint import export_encoder
+    from simclr.train.rundir import export_encoder
     for arch, channels, stem, shortcut in CASES:
         torch.manual_seed(0)
         enc = trained_looking(ResNet(arch, 1.0, stem, channels, shortcut))

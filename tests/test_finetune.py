@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simclr.finetune import finetune_step
-from simclr.models import ResNet
+from simclr.evaluation.finetune import finetune_step
+from simclr.models.resnet import ResNet
 
 CPU = torch.device("cpu")
 

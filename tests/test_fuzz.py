@@ -39,9 +39,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import simclr.download
-from simclr.data import load_split
-from simclr.download import restricted_load, safe_extract
+import simclr.data.download
+from simclr.data.datasets import load_split
+from simclr.data.download import restricted_load, safe_extract
 from simclr.errors import SimCLRError
 from tests import formats
 
@@ -378,10 +378,10 @@ def huge_idx_gz(path: Path) -> None:
 def test_idx_header_claiming_2_31_images(tmp_path, monkeypatch):
     formats.write_idx(tmp_path, 4)
     huge_idx_gz(tmp_path / "train-images-idx3-ubyte.gz")
-    monkeypatch.setattr(simclr.download, "available_memory", lambda: 8 << 30)
+    monkeypatch.setattr(simclr.data.download, "available_memory", lambda: 8 << 30)
     with pytest.raises(SimCLRError, match=r"needs 1568.0 GiB of memory but only 8.0 GiB"):
         load_split("mnist", "train", tmp_path, download=False)
-    monkeypatch.setattr(simclr.download, "available_memory", lambda: None)  # not Linux
+    monkeypatch.setattr(simclr.data.download, "available_memory", lambda: None)  # not Linux
     with peak_memory() as peak, pytest.raises(SimCLRError, match="corrupt or truncated"):
         load_split("mnist", "train", tmp_path, download=False)
     assert peak[0] < (4 << 20)  # it read as far as the data goes, no further

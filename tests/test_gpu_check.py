@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_check as G
-from simclr.data import load_split
+from simclr.data.datasets import load_split
 from tests.helpers import cli
 
 REPO = Path(__file__).parent.parent
@@ -96,7 +96,7 @@ def test_table_shows_the_goals_and_the_fastest_mode():
 
 
 def test_bench_graphs_compiles_with_cuda_graphs(monkeypatch, tmp_path):
-    import simclr.bench
+    import simclr.tools.bench
 
     seen = {}
 
@@ -107,7 +107,7 @@ def test_bench_graphs_compiles_with_cuda_graphs(monkeypatch, tmp_path):
                 "bare_img_s": 2.0, "full_img_s": 1.0, "ratio": 0.5, "bare_gflop_s": 1.0,
                 "peak_mem_mb": 1.0}
 
-    monkeypatch.setattr(simclr.bench, "bench_one", fake)
+    monkeypatch.setattr(simclr.tools.bench, "bench_one", fake)
     out = tmp_path / "g.json"
     G.bench_graphs(["--train.batch_size=512", "--steps=20", "--windows=3", "--warmup=5",
                     "--json", str(out)])

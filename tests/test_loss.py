@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from simclr.loss import multi_nt_xent, nt_xent
+from simclr.train.loss import multi_nt_xent, nt_xent
 
 
 def algorithm1(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:

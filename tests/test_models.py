@@ -9,14 +9,9 @@ import pytest
 import torch
 
 from simclr.config import Model
-from simclr.models import (
-    ARCHS,
-    ProjectionHead,
-    ResNet,
-    StridedPointwiseConv,
-    build_model,
-    resolve_stem,
-)
+from simclr.models.factory import build_model, resolve_stem
+from simclr.models.head import ProjectionHead
+from simclr.models.resnet import ARCHS, ResNet, StridedPointwiseConv
 
 ROOT = Path(__file__).resolve().parents[1]
 MALLOC_DEBUG = "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0"
@@ -108,7 +103,7 @@ def test_downsampling_shortcuts_never_use_a_strided_pointwise_conv():
 # two: a spin that never ends), so a regression fails here in seconds instead of hanging CI.
 _KERNEL_SCRIPT = """
 import torch
-from simclr.models import ResNet, _shortcut
+from simclr.models.resnet import ResNet, _shortcut
 torch.manual_seed(0)
 cl = torch.channels_last
 for c in (2, 3, 4, 5):  # the shortcut alone, 4 channels as in width 0.0625's stage 1

@@ -9,16 +9,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from simclr.augment import two_views
+from simclr.augment.ops import two_views
 from simclr.config import build_config
-from simclr.data import channel_stats, load_train
+from simclr.data.datasets import channel_stats, load_train
+from simclr.data.loader import TensorLoader, batch_labels
 from simclr.errors import SimCLRError
-from simclr.loader import TensorLoader, batch_labels
-from simclr.loss import multi_nt_xent, nt_xent
-from simclr.models import build_model
-from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
-from simclr.runtime import step_generator
-from simclr.step import train_step
+from simclr.models.factory import build_model
+from simclr.runtime.compute import step_generator
+from simclr.train.loss import multi_nt_xent, nt_xent
+from simclr.train.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
+from simclr.train.step import train_step
 from tests.formats import write_stl10
 from tests.test_train import BATCH, run
 from tests.test_train import tiny as train_tiny
@@ -138,7 +138,7 @@ def test_batch_labels_follow_the_batches():
 
 
 def test_supervised_loss_trains_on_labels(mnist_root, tmp_path, monkeypatch):
-    import simclr.step as step_mod
+    import simclr.train.step as step_mod
 
     seen = []
     real = step_mod.multi_nt_xent

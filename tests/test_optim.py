@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from simclr.config import Optim
-from simclr.optim import LARS, build_optimizer, lr_at, param_groups, scaled_lr, set_lr
+from simclr.train.optim import LARS, build_optimizer, lr_at, param_groups, scaled_lr, set_lr
 
 
 def _model():

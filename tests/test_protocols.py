@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from simclr.errors import SimCLRError
-from simclr.models import ResNet
+from simclr.models.resnet import ResNet
 from tests.helpers import blobs
 
-# ``simclr.protocols`` is imported by module path to be explicit.
-E = importlib.import_module("simclr.protocols")
+# the modules are imported by path to be explicit: protocols, features, splits
+E = importlib.import_module("simclr.evaluation.protocols")
+F_ = importlib.import_module("simclr.evaluation.features")
+S_ = importlib.import_module("simclr.evaluation.splits")
 
 
 # ----------------------------------------------------------------------------- kNN
@@ -113,13 +115,13 @@ def test_fit_probe_matches_sklearn_logistic_regression():
 def test_stratified_split_is_a_seeded_per_class_partition():
     labels = torch.cat([torch.full((n,), c) for c, n in enumerate([100, 37, 9, 1, 250])])
     labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
-    rest, held = E.stratified_split(labels, 0.1, seed=4)
+    rest, held = S_.stratified_split(labels, 0.1, seed=4)
     assert torch.equal(torch.sort(torch.cat([rest, held])).values, torch.arange(len(labels)))
     counts = torch.bincount(labels[held], minlength=5).tolist()
     assert counts == [10, 4, 1, 0, 25]  # round(0.1 n_c); the single-row class stays in rest
-    again = E.stratified_split(labels, 0.1, seed=4)
+    again = S_.stratified_split(labels, 0.1, seed=4)
     assert torch.equal(again[1], held)
-    assert not torch.equal(E.stratified_split(labels, 0.1, seed=5)[1], held)
+    assert not torch.equal(S_.stratified_split(labels, 0.1, seed=5)[1], held)
 
     feats = labels[:, None].float().repeat(1, 3)
     tr, tr_y, te, te_y = E.split_train_test(feats, labels, train_fraction=0.8, seed=1)
@@ -207,7 +209,7 @@ def test_extract_features_is_eval_mode_forward_on_normalized_input():
     images = torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8)
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     before = {k: v.clone() for k, v in enc.state_dict().items()}
-    feats = E.extract_features(enc, images, mean, std, batch_size=4)
+    feats = F_.extract_features(enc, images, mean, std, batch_size=4)
     assert enc.training  # mode restored
     assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())  # BN untouched
     enc.eval()
@@ -217,9 +219,9 @@ def test_extract_features_is_eval_mode_forward_on_normalized_input():
         want = enc(x)
     assert feats.dtype == torch.float32 and feats.shape == (10, enc.feature_dim)
     assert torch.allclose(feats, want, atol=1e-5, rtol=1e-4)
-    assert torch.equal(feats, E.extract_features(enc, images, mean, std, batch_size=4))
+    assert torch.equal(feats, F_.extract_features(enc, images, mean, std, batch_size=4))
     assert not enc.training  # an eval-mode encoder stays in eval mode
-    bf16 = E.extract_features(enc, images, mean, std, precision="bf16")
+    bf16 = F_.extract_features(enc, images, mean, std, precision="bf16")
     assert bf16.dtype == torch.float32 and torch.allclose(bf16, want, atol=0.1, rtol=0.1)
     # bf16 is the same forward under CPU autocast on the channels_last normalized batch, not
     # the fp32 forward (which a precision that is ignored would give)
@@ -235,16 +237,16 @@ def test_extract_features_rejects_bad_input():
     enc = tiny_encoder()
     images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     with pytest.raises(SimCLRError, match="per channel"):
-        E.extract_features(enc, images, [0.5], [0.5])
+        F_.extract_features(enc, images, [0.5], [0.5])
     with pytest.raises(SimCLRError, match="uint8"):
-        E.extract_features(enc, images.float(), [0.5] * 3, [0.5] * 3)
+        F_.extract_features(enc, images.float(), [0.5] * 3, [0.5] * 3)
     with pytest.raises(SimCLRError, match="precision"):
-        E.extract_features(enc, images, [0.5] * 3, [0.5] * 3, precision="int8")
+        F_.extract_features(enc, images, [0.5] * 3, [0.5] * 3, precision="int8")
 
 
 def test_pixel_features_flatten_to_unit_range():
     images = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
-    f = E.pixel_features(images)
+    f = F_.pixel_features(images)
     assert f.shape == (5, 48) and f.dtype == torch.float32
     assert torch.equal(f * 255, images.reshape(5, -1).float())
 

@@ -18,16 +18,18 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from simclr.augment.crop import _bicubic_boxes
 from simclr.config import build_config
-from simclr.crop import _bicubic_boxes
-from simclr.data import load_split
-from simclr.eval_run import load_encoder
-from simclr.models import ResNet, ScaleOnlyBatchNorm1d, build_model
-from simclr.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
-from simclr.protocols import linear_sgd
-from simclr.state import METRICS
-from simclr.step import train_step
-from simclr.train import pretrain
+from simclr.data.datasets import load_split
+from simclr.evaluation.encoder import load_encoder
+from simclr.evaluation.protocols import linear_sgd
+from simclr.models.factory import build_model
+from simclr.models.head import ScaleOnlyBatchNorm1d
+from simclr.models.resnet import ResNet
+from simclr.train.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
+from simclr.train.pretrain import pretrain
+from simclr.train.state import METRICS
+from simclr.train.step import train_step
 from tests.formats import write_cifar10_python
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -434,7 +436,7 @@ def test_linear_sgd_is_tfs_nesterov_momentum_on_zero_init_logits():
 
 
 def test_eval_reports_linear_sgd_as_its_own_protocol(run_copy):
-    from simclr.eval_run import evaluate
+    from simclr.evaluation.pipeline import evaluate
 
     settings = ["eval.baselines=false", "probe.sgd_epochs=3", "train.precision=fp32"]
     report = evaluate(run_copy, ["linear_sgd"], settings, log=lambda *_: None)

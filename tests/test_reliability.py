@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from simclr.checkpoint import run_lock
+from simclr.train.rundir import run_lock
 from tests.formats import write_idx
 from tests.helpers import cli, last_step, one_line_error
 
@@ -128,9 +128,9 @@ def test_resume_with_other_architecture_is_refused(root, tmp_path):
 
 
 def test_resume_with_fewer_visible_gpus_than_the_checkpoint_saw(root, tmp_path, monkeypatch):
-    from simclr.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
     from simclr.config import build_config
-    from simclr.train import pretrain
+    from simclr.train.pretrain import pretrain
+    from simclr.train.rundir import CHECKPOINT, load_checkpoint, save_checkpoint
 
     def cfg(**extra):
         return build_config(overrides={

@@ -13,10 +13,10 @@ import yaml
 from PIL import Image
 
 import simclr
-from simclr import pictures, report
-from simclr.data import load_split
+from simclr.data.datasets import load_split
 from simclr.errors import SimCLRError
-from simclr.eval_run import format_table
+from simclr.evaluation.results import format_table
+from simclr.tools import pictures, report
 from tests.helpers import cli as simclr_cli
 
 matplotlib.use("Agg")
@@ -37,7 +37,7 @@ def assert_picture(path: Path, size: tuple[int, int] | None = None) -> np.ndarra
 
 
 def own_stats(run_dir: Path) -> dict:
-    """The summary numbers, computed here independently of simclr.report."""
+    """The summary numbers, computed here independently of simclr.tools.report."""
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epochs = [x["loss"] for x in lines if x["kind"] == "epoch"]
     speeds = [x["images_per_s"] for x in lines if x["kind"] == "window"]
@@ -219,7 +219,7 @@ def test_picture_errors_are_one_line(tmp_path, run_dir):
 
 def test_neighbors_bank_follows_the_training_subset(tmp_path, monkeypatch):
     from simclr.config import build_config
-    from simclr.train import pretrain
+    from simclr.train.pretrain import pretrain
     from tests.formats import write_idx
 
     write_idx(tmp_path / "data", 64, n_test=16)

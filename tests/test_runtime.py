@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from simclr import runtime
+from simclr.runtime import compute as runtime
 
 REAL_BF16_PROBE = runtime.cpu_has_bf16  # before any fixture fakes the CPU kind
 

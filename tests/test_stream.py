@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import simclr.download
+import simclr.data.download
 from simclr.config import Data
-from simclr.data import load_split, load_train
+from simclr.data.datasets import load_split, load_train
+from simclr.data.folder import decode_image, list_folder
+from simclr.data.loader import TensorLoader, epoch_permutation
+from simclr.data.stream import StreamLoader, fits_in_memory
 from simclr.errors import SimCLRError
-from simclr.folder import decode_image, list_folder
-from simclr.loader import TensorLoader, epoch_permutation
-from simclr.stream import StreamLoader, fits_in_memory
 from tests import formats
 
 SIZE = 16
@@ -178,11 +178,11 @@ def test_corrupt_data_with_valid_header_stops_the_stream(tmp_path):
 
 def test_fits_in_memory(monkeypatch):
     need = 40 * 3 * SIZE * SIZE * 4  # 4 = the default safety factor
-    monkeypatch.setattr(simclr.download, "available_memory", lambda: need)
+    monkeypatch.setattr(simclr.data.download, "available_memory", lambda: need)
     assert fits_in_memory(40, SIZE, 3, "cpu")
     assert not fits_in_memory(41, SIZE, 3, "cpu")
     assert fits_in_memory(40, SIZE, 3, "cpu", safety=1) and not fits_in_memory(4, 0, 3, "cpu")
-    monkeypatch.setattr(simclr.download, "available_memory", lambda: None)  # unknown: fits
+    monkeypatch.setattr(simclr.data.download, "available_memory", lambda: None)  # unknown: fits
     assert fits_in_memory(10**9, 256, 3, "cpu")
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (need // 2, 2 * need))
     assert not fits_in_memory(40, SIZE, 3, "cuda") and fits_in_memory(20, SIZE, 3, "cuda:0")
@@ -221,10 +221,10 @@ def test_cli_corrupt_file_while_streaming_is_one_line(tmp_path):
 def test_permutation_is_drawn_on_the_cpu_for_any_device(monkeypatch):
     """A CUDA generator draws another permutation than a CPU one for the same seed, so the
     order is drawn on the CPU and only moved: same batches on every device (resume included)."""
-    import simclr.loader
+    import simclr.data.loader
 
     moved = []
-    monkeypatch.setattr(simclr.loader, "to_device", lambda t, d: moved.append((t, d)) or t)
+    monkeypatch.setattr(simclr.data.loader, "to_device", lambda t, d: moved.append((t, d)) or t)
     for device in ("cuda", "cuda:1", "mps"):
         perm = epoch_permutation(50, 3, 2, device)
         assert moved[-1][1] == torch.device(device) and perm is moved[-1][0]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from simclr import sweep as S
 from simclr.errors import SimCLRError
-from simclr.report import run_stats
+from simclr.tools import sweep as S
+from simclr.tools.report import run_stats
 from tests.formats import write_idx
 from tests.helpers import cli
 

@@ -9,12 +9,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import simclr.step as step_mod
-import simclr.train as train_mod
-from simclr.checkpoint import load_checkpoint, read_encoder
+import simclr.train.loop as train_mod
+import simclr.train.step as step_mod
 from simclr.config import build_config
 from simclr.errors import SimCLRError
-from simclr.train import pretrain
+from simclr.train.pretrain import pretrain
+from simclr.train.rundir import load_checkpoint, read_encoder
 
 N, BATCH = 96, 32  # 3 steps per epoch: the conftest's mnist_root
 
@@ -198,7 +198,7 @@ def test_streamed_folder_trains_as_in_memory(tmp_path, monkeypatch):
 
 
 def test_contention_warning_rules():
-    from simclr.runtime import contention_warning
+    from simclr.runtime.compute import contention_warning
     assert contention_warning(2, 2, 0) is None  # alone
     assert contention_warning(1, 2, 1) is None  # one thread beside one busy thread: fits
     assert contention_warning(2, 2, None) is None  # unknown (no /proc/loadavg)
@@ -209,7 +209,7 @@ def test_contention_warning_rules():
 
 
 def test_busy_threads_reads_loadavg(monkeypatch, tmp_path):
-    import simclr.runtime as runtime
+    import simclr.runtime.compute as runtime
     reads = iter(["0.5 0.4 0.3 3/100 7\n", "0.5 0.4 0.3 1/100 7\n", "0.5 0.4 0.3 3/100 7\n"])
     real_open = open
     monkeypatch.setattr(runtime, "open", lambda path, *a, **k: __import__("io").StringIO(
@@ -219,7 +219,7 @@ def test_busy_threads_reads_loadavg(monkeypatch, tmp_path):
 
 def test_pretrain_warns_when_cores_are_taken(mnist_root, tmp_path, monkeypatch):
     ONE_EPOCH = {"train.epochs": 1, "optim.warmup_epochs": 0.5}  # no warm-up warning
-    import simclr.runtime as runtime
+    import simclr.runtime.compute as runtime
     monkeypatch.delenv("SIMCLR_NO_CONTENTION_WARNING")  # conftest turns the check off
     monkeypatch.setattr(runtime, "busy_threads", lambda: 64)
     with pytest.warns(UserWarning, match="other thread.*OMP_NUM_THREADS"):

@@ -4,8 +4,8 @@ joined, the default equal to ``two_views`` bit for bit, and ``augment.views`` ch
 import pytest
 import torch
 
-from simclr import augment as A
-from simclr import views as V
+from simclr.augment import ops as A
+from simclr.augment import views as V
 from simclr.config import Augment, build_config
 from simclr.errors import SimCLRError
 from tests.test_augment import MEAN3, STD3, gen, images
