@@ -25,7 +25,7 @@ from simclr.errors import SimCLRError  # noqa: F401  (in __all__)
 # public name -> the module that defines it ("module:name" where the name there differs)
 _EXPORTS = {
     "Config": "simclr.config", "build_config": "simclr.config",
-    "evaluate_encoder": "simclr.evaluation.encoder_eval",
+    "evaluate_encoder": "simclr.evaluation.pipeline",
     "evaluate": "simclr.evaluation.pipeline", "load_encoder": "simclr.evaluation.encoder",
     "kmeans_scores": "simclr.evaluation.clustering:clustering_metrics",
     "multi_nt_xent": "simclr.train.loss", "nt_xent": "simclr.train.loss",

@@ -168,7 +168,8 @@ def _pretrain(args, overrides: list[str]) -> None:
 
 def _eval(args, overrides: list[str]) -> None:
     from simclr.evaluation.pipeline import evaluate
-    from simclr.evaluation.results import EVAL_JSON, format_table
+    from simclr.evaluation.results import format_table
+    from simclr.train.rundir import EVAL_JSON
 
     protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
     report = evaluate(args.run_dir, protocols, overrides, encoder_file=args.encoder)

@@ -130,6 +130,7 @@ def pretrain_runs(out: Path, rank: int) -> dict:
     (the test then resumes it on one process), and the resume to 2 epochs of OUT/single (which
     the test pretrained on one process). The args of each run are in OUT/args.json."""
     import simclr.train.loop as train_mod
+    import simclr.train.rundir as rundir_mod
     from tests.helpers import cli
 
     def slow(fn):
@@ -140,14 +141,14 @@ def pretrain_runs(out: Path, rank: int) -> dict:
 
     results = {}
     for name, args in json.loads((out / "args.json").read_text()).items():
-        saved = train_mod.knn_monitor, train_mod.save_checkpoint
+        saved = train_mod.knn_monitor, rundir_mod.save_checkpoint
         if name == "two" and rank == 0:
             train_mod.knn_monitor = slow(train_mod.knn_monitor)
-            train_mod.save_checkpoint = slow(train_mod.save_checkpoint)
+            rundir_mod.save_checkpoint = slow(rundir_mod.save_checkpoint)
         try:
             result = cli(*args)
         finally:
-            train_mod.knn_monitor, train_mod.save_checkpoint = saved
+            train_mod.knn_monitor, rundir_mod.save_checkpoint = saved
         results[name] = vars(result)
         if result.returncode != 0:
             raise RuntimeError(f"rank {rank}: simclr {name} run failed:\n{result.stderr}")

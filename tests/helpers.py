@@ -24,23 +24,24 @@ class Result:
     stderr: str
 
 
+def _set(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
 @contextlib.contextmanager
 def environ(changes: dict[str, str | None]):
     """``os.environ`` with ``changes`` (None removes a variable), restored afterwards."""
     saved = {k: os.environ.get(k) for k in changes}
     try:
         for k, v in changes.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            _set(k, v)
         yield
     finally:
         for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            _set(k, v)
 
 
 def cli(*args, env: dict[str, str | None] | None = None, cwd: str | Path | None = None) -> Result:

@@ -9,7 +9,8 @@ from torch import nn
 import simclr
 from simclr.config import build_config
 from simclr.errors import SimCLRError
-from simclr.evaluation import clustering, encoder_eval, features, protocols
+from simclr.evaluation import clustering, features, protocols
+from simclr.evaluation import pipeline as encoder_eval
 
 
 def quiet(*_):

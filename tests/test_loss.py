@@ -12,21 +12,8 @@ from simclr.train.loss import multi_nt_xent, nt_xent
 
 def algorithm1(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:
     """SimCLR Algorithm 1, literally: views interleaved as 2k-1, 2k; mean of l(2k-1,2k)+l(2k,2k-1)
-    over 2N."""
-    z = []
-    for a, b in zip(z1, z2, strict=True):
-        z += [a, b]
-
-    def sim(u, v):
-        return float(u @ v) / (math.sqrt(float(u @ u)) * math.sqrt(float(v @ v)))
-
-    def ell(i, j):
-        num = math.exp(sim(z[i], z[j]) / t)
-        den = sum(math.exp(sim(z[i], z[k]) / t) for k in range(len(z)) if k != i)
-        return -math.log(num / den)
-
-    n = len(z1)
-    return sum(ell(2 * k, 2 * k + 1) + ell(2 * k + 1, 2 * k) for k in range(n)) / (2 * n)
+    over 2N (:func:`algorithm1_images` over every image)."""
+    return algorithm1_images(z1, z2, t, range(len(z1)))
 
 
 @pytest.mark.parametrize("n,d,t", [(2, 3, 0.5), (5, 8, 0.1), (8, 16, 1.0), (3, 4, 0.07)])

@@ -138,7 +138,7 @@ def test_batch_labels_follow_the_batches():
 
 
 def test_supervised_loss_trains_on_labels(mnist_root, tmp_path, monkeypatch):
-    import simclr.train.step as step_mod
+    import simclr.train.loss as step_mod
 
     seen = []
     real = step_mod.multi_nt_xent

@@ -28,7 +28,7 @@ from simclr.models.head import ScaleOnlyBatchNorm1d
 from simclr.models.resnet import ResNet
 from simclr.train.optim import build_optimizer, lr_at, scaled_lr, set_lr, step_counts
 from simclr.train.pretrain import pretrain
-from simclr.train.state import METRICS
+from simclr.train.rundir import METRICS
 from simclr.train.step import train_step
 from tests.formats import write_cifar10_python
 

@@ -101,8 +101,9 @@ def test_embed_map_of_test_features(run_dir, tmp_path, monkeypatch):
     from sklearn.manifold import trustworthiness
 
     figures = []
-    save = pictures._save
-    monkeypatch.setattr(pictures, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
+    save = pictures.save_figure
+    monkeypatch.setattr(pictures, "save_figure",
+                        lambda fig, out: figures.append(fig) or save(fig, out))
     out = pictures.embed_map(run_dir, tmp_path / "embed.png", points=40, log=lambda *_: None)
     arr = assert_picture(out, (900, 800))
     assert len(np.unique(arr.reshape(-1, 3), axis=0)) > 10  # class colours, not one ink

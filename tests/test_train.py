@@ -1,6 +1,7 @@
 """The training loop: outputs, exact resume (end of epoch and mid-epoch), resume safety,
 non-finite loss."""
 
+import copy
 import json
 
 import numpy as np
@@ -10,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 
 import simclr.train.loop as train_mod
-import simclr.train.step as step_mod
+import simclr.train.loss as step_mod
 from simclr.config import build_config
 from simclr.errors import SimCLRError
 from simclr.train.pretrain import pretrain
@@ -34,6 +35,30 @@ def run(cfg, run_dir, **kw):
 
 def encoder(run_dir):
     return load_file(str(run_dir / "encoder.safetensors"))
+
+
+def test_pretrain_leaves_the_callers_config_as_it_was(mnist_root, tmp_path):
+    """The resolved config (measured statistics, the optimizer's defaults, a custom module's
+    arch) is the run dir's config.yaml; the config handed in is not changed."""
+    from simclr.config import Config, Data, Model, Train
+
+    cfg = Config(data=Data(name="MNIST", root=str(mnist_root), download=False),
+                 model=Model(width=0.5, proj_dim=16),
+                 train=Train(batch_size=BATCH, epochs=1, progress=False))
+    cfg.model.width = 0.0625
+    before = copy.deepcopy(cfg)
+    run_dir = run(cfg, tmp_path / "run")
+    assert cfg == before and cfg.augment.mean is None and cfg.optim.lr is None
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["name"] == "mnist" and len(saved["augment"]["mean"]) == 1
+    assert saved["optim"]["lr"] == 1.0  # lars' default, resolved in the run's copy
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten())
+    custom = copy.deepcopy(before)
+    run(custom, tmp_path / "custom", encoder=net)
+    assert custom == before  # not model.arch=custom: the run dir's config says that
+    assert yaml.safe_load((tmp_path / "custom" / "config.yaml").read_text())["model"][
+        "arch"] == "custom"
 
 
 def test_outputs(mnist_root, tmp_path):

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from simclr.data.download import check_memory
 from simclr.errors import SimCLRError
+from simclr.runtime.files import atomic_write
 
 FOLDER_DEFAULT_SIZE = 64
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
@@ -193,13 +194,10 @@ def read_folder(root: Path, split: str = "train", download: bool = True,
 def _save_cache(path: Path, images: Tensor, labels: Tensor) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"images": images, "labels": labels}, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file({"images": images, "labels": labels}, str(tmp)))
     except OSError:  # no cache (read-only home, full disk) only costs time
-        tmp.unlink(missing_ok=True)
+        pass
 
 
 __all__ = ["FOLDER_DEFAULT_SIZE", "IMAGE_EXTENSIONS", "cache_home", "decode_image", "list_folder",

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from simclr.augment.ops import normalize
 from simclr.errors import SimCLRError
 from simclr.models.factory import build_encoder, encoder_dim
-from simclr.train.rundir import ENCODER, load_model_state, read_encoder
+from simclr.train.rundir import encoder_file, load_model_state, read_encoder
 
 
 class NormalizedEncoder(nn.Module):
@@ -44,16 +44,6 @@ class NormalizedEncoder(nn.Module):
         return self.encoder(normalize(x, self.mean, self.std))  # N x D
 
 
-def encoder_path(run_dir_or_file: str | Path) -> Path:
-    path = Path(run_dir_or_file)
-    if path.is_dir():
-        path = path / ENCODER
-        if not path.exists():
-            raise SimCLRError(f"{path} not found: the run has not exported an encoder yet; run "
-                              "`simclr pretrain` on it (a stopped run exports at its stop)")
-    return path
-
-
 def load_encoder(run_dir_or_file: str | Path,
                  encoder: nn.Module | None = None) -> NormalizedEncoder:
     """The encoder of a run dir (or an ``encoder.safetensors``) as a :class:`NormalizedEncoder`
@@ -63,7 +53,7 @@ def load_encoder(run_dir_or_file: str | Path,
     from the file's record. A custom module (a run of ``pretrain(cfg, encoder=module)``)
     cannot be: pass ``encoder``, a module of the same kind, and the weights are loaded into it.
     """
-    path = encoder_path(run_dir_or_file)
+    path = encoder_file(run_dir_or_file)
     tensors, meta = read_encoder(path)
     encoder = encoder if encoder is not None else build_encoder(meta)
     load_model_state(encoder, tensors, path)
@@ -82,4 +72,4 @@ def random_encoder_like(enc: NormalizedEncoder, seed: int,
                              enc.feature_dim).eval()
 
 
-__all__ = ["NormalizedEncoder", "encoder_path", "load_encoder", "random_encoder_like"]
+__all__ = ["NormalizedEncoder", "load_encoder", "random_encoder_like"]

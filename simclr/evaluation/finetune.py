@@ -1,5 +1,14 @@
 """Fine-tuning with few labels: the encoder is trained too, so the result is reported as
-``finetune``, never as linear evaluation."""
+``finetune``, never as linear evaluation.
+
+It runs on pretraining's machinery: the loader and its batch labels
+(:mod:`simclr.data.loader`), the views (:func:`~simclr.augment.ops.simclr_augment`, crop + flip),
+the lr schedule and parameter groups (:mod:`simclr.train.optim`), autocast and the optimizer
+step with its GradScaler (:func:`~simclr.train.step.optimizer_step`). What it does not share is
+pretraining's loop (:func:`simclr.train.loop.train`), which is a run's: metrics, checkpoints,
+resume, the kNN monitor, processes. A fine-tune is a few epochs in memory inside ``simclr eval``,
+so its loop is the 10 lines of :func:`train_classifier`.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +23,12 @@ from torch import Tensor, nn
 
 from simclr import config as C
 from simclr.augment.ops import simclr_augment
-from simclr.data.loader import TensorLoader
+from simclr.data.loader import TensorLoader, batch_labels
 from simclr.evaluation.features import extract_features
 from simclr.evaluation.splits import stratified_split
+from simclr.runtime.compute import autocast
 from simclr.train.optim import lr_at, param_groups, scaled_lr, set_lr
+from simclr.train.step import optimizer_step
 
 
 def label_subset(labels: Tensor, fraction: float, seed: int) -> Tensor:
@@ -36,15 +47,10 @@ def finetune_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     flush to zero, and a step whose gradients overflowed is skipped instead of writing inf/NaN
     into the encoder (the scale then halves). A disabled scaler (bf16/fp32) is a plain step.
     """
-    from simclr.runtime.compute import autocast
-
     with autocast(device, precision):
         logits = model(views)  # B x classes
     loss = F.cross_entropy(logits.float(), labels)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
+    optimizer_step(loss, optimizer, scaler)
     return loss.detach()
 
 
@@ -72,9 +78,7 @@ def train_classifier(enc, x: Tensor, y: Tensor, classes: int, cfg: C.Config,
     g = torch.Generator().manual_seed(cfg.train.seed)  # CPU draws: the same on any device
     step = 0
     for epoch in range(f.epochs):
-        perm = loader.permutation(epoch)
-        for i, xb in enumerate(loader.batches(epoch)):
-            yb = y[perm[i * batch:(i + 1) * batch]]
+        for xb, yb in zip(loader.batches(epoch), batch_labels(loader, y, epoch), strict=True):
             set_lr(optimizer, lr_at(step, peak, 0, total))
             views = simclr_augment(xb, aug, mean, std, g).contiguous(
                 memory_format=torch.channels_last)

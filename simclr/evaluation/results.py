@@ -19,8 +19,8 @@ from typing import Any
 from simclr import config as C
 from simclr.config.schema import plain
 from simclr.errors import SimCLRError
+from simclr.train.rundir import EVAL_JSON
 
-EVAL_JSON = "eval.json"
 PROTOCOLS = ("linear", "linear_sgd", "knn", "kmeans", "finetune")
 # Config keys a result depends on besides its model: the data every protocol sees, then each
 # protocol's own.
@@ -89,7 +89,7 @@ def write_eval(path: str | Path, report: dict[str, Any]) -> dict[str, Any]:
     """Merge ``report``'s results into the eval.json at ``path`` (atomically) and return what
     was written: ``report``'s top-level fields, all results, and under ``protocols`` those
     held for ``report``'s encoder (``model_sha256`` of its ``simclr`` results)."""
-    from simclr.train.rundir import atomic_write
+    from simclr.runtime.files import atomic_write
 
     old = read_eval(path) or {}
     results = merge_results(old.get("results", []), report["results"])

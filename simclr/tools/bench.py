@@ -31,6 +31,7 @@ from simclr.data.loader import TensorLoader
 from simclr.models.factory import build_model
 from simclr.runtime import allocator
 from simclr.runtime.compute import cpu_contention, resolve_device, resolve_precision, step_generator
+from simclr.runtime.files import atomic_write
 from simclr.train.optim import build_optimizer, set_lr
 from simclr.train.step import train_step
 
@@ -169,7 +170,8 @@ def run(cfg: C.Config, steps: int, warmup: int, windows: int, with_matrix: bool,
     rows = [bench_one(c, steps, warmup, windows) for c in configs]
     log(format_rows(rows))
     if json_path is not None:
-        json_path.write_text(json.dumps({"environment": env, "rows": rows}, indent=2))
+        text = json.dumps({"environment": env, "rows": rows}, indent=2)
+        atomic_write(json_path, lambda tmp: tmp.write_text(text))
         log(f"wrote {json_path}")
     return rows
 

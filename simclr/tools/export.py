@@ -12,9 +12,9 @@ from torch import Tensor
 
 from simclr.config import CUSTOM
 from simclr.errors import SimCLRError
-from simclr.evaluation.encoder import encoder_path
 from simclr.models.resnet import ARCHS
-from simclr.train.rundir import atomic_write, read_encoder
+from simclr.runtime.files import atomic_write
+from simclr.train.rundir import encoder_file, read_encoder
 
 FORMATS = ("torchvision",)
 TORCHVISION_FILE = "encoder_torchvision.pt"
@@ -80,7 +80,7 @@ def export_torchvision(run_dir_or_file: str | Path, out: str | Path | None = Non
         The file written (default ``encoder_torchvision.pt`` beside the encoder) and the code
         that builds the model it loads into.
     """
-    source = encoder_path(run_dir_or_file)
+    source = encoder_file(run_dir_or_file)
     tensors, meta = read_encoder(source)
     arch = meta["arch"]
     if arch.startswith("torchvision:"):

@@ -23,8 +23,10 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from simclr import config as C
+from simclr import config as C  # noqa: E402
 from simclr.errors import SimCLRError  # noqa: E402
+from simclr.runtime.files import atomic_write  # noqa: E402
+from simclr.train.rundir import RunDir, encoder_file  # noqa: E402
 
 EMBED_PNG = "embed.png"
 NEIGHBORS_PNG = "neighbors.png"
@@ -42,10 +44,7 @@ CLASS_NAMES = {
 
 def run_config(run_dir: str | Path, overrides: list[str] | None = None) -> C.Config:
     """The run's saved ``config.yaml`` with ``overrides`` applied (checked)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        raise SimCLRError(f"{path} not found; is {run_dir} a simclr run dir?")
-    return C.build_config(overrides=overrides or [], base=C.load_yaml(path))
+    return RunDir(run_dir).load_config(overrides)
 
 
 def class_names(cfg: C.Config, num_classes: int) -> list[str]:
@@ -77,12 +76,12 @@ def pick_stratified(labels: Tensor, n: int) -> Tensor:
 def _encoder_and_data(run_dir: Path, overrides: list[str] | None, bank: bool = False):
     """The run's config, encoder, labeled data, device and precision; with ``bank`` the data
     follows ``data.subset`` (:func:`simclr.evaluation.splits.monitor_config`)."""
-    from simclr.evaluation.encoder import encoder_path, load_encoder
+    from simclr.evaluation.encoder import load_encoder
     from simclr.evaluation.splits import eval_data, monitor_config
     from simclr.runtime.compute import resolve_device, resolve_precision
 
     cfg = run_config(run_dir, overrides)
-    enc = load_encoder(encoder_path(run_dir))
+    enc = load_encoder(encoder_file(run_dir))
     data = eval_data(monitor_config(cfg) if bank else cfg)
     shape = (enc.meta["in_channels"], enc.meta["image_size"], enc.meta["image_size"])
     if tuple(data["train"][0].shape[1:]) != shape:
@@ -147,7 +146,7 @@ def embed_map(run_dir: str | Path, out: str | Path | None = None,
     full = points >= len(labels)  # the whole split, in file order: evaluate's feature cache
     idx = torch.arange(len(labels)) if full else pick_stratified(labels, points)
     feats = _features(enc, "test", images[idx], labels[idx], cfg, device, precision,
-                      run_dir / "features" if full else None)
+                      RunDir(run_dir).features if full else None)
     labels = labels[idx].numpy()
     coords, name = _to_2d(feats, method, cfg.train.seed)
     n_classes = int(labels.max()) + 1 if labels.max() >= 0 else 0
@@ -174,7 +173,7 @@ def embed_map(run_dir: str | Path, out: str | Path | None = None,
     ax.set_title(f"{run_dir.name}: {name} of {len(labels)} {cfg.data.name} test features "
                  f"(epoch {enc.meta.get('epoch')})", fontsize=12)
     fig.subplots_adjust(left=0.05, right=0.8, top=0.93, bottom=0.05)
-    return _save(fig, out if out is not None else run_dir / "plots" / EMBED_PNG)
+    return save_figure(fig, out if out is not None else RunDir(run_dir).plots / EMBED_PNG)
 
 
 def nearest(bank: Tensor, queries: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -233,7 +232,7 @@ def neighbors_grid(run_dir: str | Path, out: str | Path | None = None,
     run_dir = Path(run_dir)
     cfg, enc, data, device, precision = _encoder_and_data(run_dir, overrides, bank=True)
     (xtr, ytr), (xte, yte) = data["train"], data["test"]
-    bank = _features(enc, "train", xtr, ytr, cfg, device, precision, run_dir / "features")
+    bank = _features(enc, "train", xtr, ytr, cfg, device, precision, RunDir(run_dir).features)
     q_idx = pick_stratified(yte, queries)
     q_feats = _features(enc, "test", xte[q_idx], yte[q_idx], cfg, device, precision, None)
     sims, nn_idx = nearest(bank, q_feats, k)
@@ -271,7 +270,7 @@ def neighbors_grid(run_dir: str | Path, out: str | Path | None = None,
             color = "0.5" if qy < 0 or y < 0 else "#1a9641" if same else "#d7191c"
             _cell(axes(r, j + 1), xtr[bi], f"{name(y)} ({sims[r, j]:.2f})", color,
                   "black" if same or qy < 0 else "#d7191c")
-    return _save(fig, out if out is not None else run_dir / "plots" / NEIGHBORS_PNG)
+    return save_figure(fig, out if out is not None else RunDir(run_dir).plots / NEIGHBORS_PNG)
 
 
 PREVIEW_PAD = 2  # white border (px) between preview cells, before upscaling
@@ -341,19 +340,16 @@ def augment_preview(images_uint8: Tensor, cfg: C.Augment, mean, std, path: str |
         center = scale * (pad + col * (W + pad) + W / 2)
         draw.text((center - draw.textlength(label, font=font) / 2, PREVIEW_LINE + 3), label,
                   fill="black", font=font)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    page.save(path)
-    return path
+    return atomic_write(path, lambda tmp: page.save(tmp, format="PNG"))
 
 
-def _save(fig, out: str | Path) -> Path:
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
-    return out
+def save_figure(fig, out: str | Path, dpi: int = DPI) -> Path:
+    """Write a matplotlib figure as a PNG (atomically) and close it."""
+    try:
+        return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 __all__ = ["augment_preview", "class_names", "embed_map", "nearest", "neighbors_grid",
-           "pick_stratified", "preview_labels", "run_config"]
+           "pick_stratified", "preview_labels", "run_config", "save_figure"]

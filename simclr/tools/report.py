@@ -10,7 +10,6 @@ seconds (data loading, evaluation and restarts excluded).
 
 from __future__ import annotations
 
-import json
 import os
 import textwrap
 from collections.abc import Sequence
@@ -24,48 +23,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from simclr import config as C
 from simclr.errors import SimCLRError  # noqa: E402
-from simclr.evaluation.results import EVAL_JSON, format_table, read_eval
+from simclr.evaluation.results import format_table, read_eval
+from simclr.runtime.files import atomic_write
+from simclr.tools.pictures import save_figure
+from simclr.train.rundir import EVAL_JSON, PLOTS, RunDir, read_metrics
 
-METRICS = "metrics.jsonl"
-REPORT = "report.md"
-PLOTS = "plots"
 LOSS_PNG = "loss.png"
 # Keys left out of legends: measured from the data, or not changing what is computed.
 _LEGEND_SKIP = {"augment.mean", "augment.std", "train.progress", "train.log_every",
                 "train.checkpoint_every", "train.device"}
 FIG_SIZE = (15.0, 5.0)  # inches at DPI: a 1500 x 500 px picture
 DPI = 100
-
-
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of ``run_dir/metrics.jsonl`` in file order.
-
-    A last line cut short by a crash (not valid JSON) is skipped; a broken line elsewhere is
-    an error, since the file would then not be one this package wrote.
-
-    Raises:
-        SimCLRError: the file is missing or corrupt.
-    """
-    path = Path(run_dir) / METRICS
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise SimCLRError(f"cannot read {path} ({e.strerror}); is {run_dir} a simclr run dir "
-                          "that has trained at least one window?") from None
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break  # the run was killed while writing this line
-            raise SimCLRError(f"{path} line {i + 1} is not JSON; the file is corrupt (delete "
-                              "the line to use the rest)") from None
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def run_stats(run_dir: str | Path) -> dict[str, Any]:
@@ -126,8 +94,8 @@ def legend_labels(run_dirs: Sequence[str | Path]) -> list[str]:
     the directory name where nothing differs (or the label would repeat another run's)."""
     configs = []
     for d in run_dirs:
-        path = Path(d) / "config.yaml"
-        configs.append(C.load_yaml(path) if path.exists() else {})
+        run = RunDir(d)
+        configs.append(run.saved_config() if run.config.exists() else {})
     keys = sorted({k for c in configs[1:] for k in C.diff(configs[0], c)} - _LEGEND_SKIP)
     labels = []
     for d, cfg in zip(run_dirs, configs, strict=True):
@@ -226,18 +194,15 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None,
         fig.legend(loc="lower center", ncol=ncol, fontsize=9.5, frameon=False,
                    bbox_to_anchor=(0.5, 0.0))
     fig.tight_layout(rect=(0.0, bottom, 1.0, 0.95), w_pad=2.0)
-    out = Path(out) if out is not None else run_dirs[0] / PLOTS / LOSS_PNG
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=DPI)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out if out is not None else RunDir(run_dirs[0]).plots / LOSS_PNG)
 
 
 def _stale(picture: Path, run_dir: Path) -> bool:
     """True when ``picture`` is missing or older than the run's metrics or encoder."""
     if not picture.exists():
         return True
-    sources = [run_dir / METRICS, run_dir / "encoder.safetensors"]
+    run = RunDir(run_dir)
+    sources = [run.metrics, run.encoder]
     newest = max((os.path.getmtime(s) for s in sources if s.exists()), default=0.0)
     return os.path.getmtime(picture) < newest
 
@@ -259,11 +224,9 @@ def write_report(run_dir: str | Path, overrides: list[str] | None = None,
     """
     from simclr.tools.pictures import EMBED_PNG, NEIGHBORS_PNG, embed_map, neighbors_grid
 
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
-        raise SimCLRError(f"{cfg_path} not found; is {run_dir} a simclr run dir?")
-    plots = run_dir / PLOTS
+    run_dir, run = Path(run_dir), RunDir(run_dir)
+    run.saved_config()  # not a run dir: the one error, before any work
+    plots = run.plots
     lines = [f"# SimCLR run `{run_dir.name}`", ""]
     stats = run_stats(run_dir)
     lines += ["## Training", "", "| first loss | last loss | lowest loss | epochs | steps | "
@@ -278,7 +241,7 @@ def write_report(run_dir: str | Path, overrides: list[str] | None = None,
     lines += [f"![loss, learning rate and online kNN]({PLOTS}/{LOSS_PNG})", ""]
 
     lines += ["## Evaluation", ""]
-    report = read_eval(run_dir / EVAL_JSON)
+    report = read_eval(run.eval_json)
     if report is not None:
         lines += ["```text", format_table(report), "```", "",
                   f"Protocols and their settings: `{EVAL_JSON}`.", ""]
@@ -298,12 +261,9 @@ def write_report(run_dir: str | Path, overrides: list[str] | None = None,
                 continue
         lines += [f"![{caption}]({PLOTS}/{name})", ""]
 
-    lines += ["## Config", "", "```yaml", cfg_path.read_text().rstrip(), "```", ""]
-    out = run_dir / REPORT
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(out)
-    return out
+    lines += ["## Config", "", "```yaml", run.config.read_text().rstrip(), "```", ""]
+    text = "\n".join(lines)
+    return atomic_write(run.report, lambda tmp: tmp.write_text(text))
 
 
 __all__ = ["format_stats", "legend_labels", "plot_runs", "read_metrics", "run_stats",

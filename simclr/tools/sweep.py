@@ -23,8 +23,10 @@ from typing import Any
 
 from simclr import config as C
 from simclr.errors import SimCLRError
-from simclr.evaluation.results import EVAL_JSON, PROTOCOLS, read_eval
-from simclr.tools.report import METRICS, plot_runs, run_stats, value_text
+from simclr.evaluation.results import PROTOCOLS, read_eval
+from simclr.runtime.files import atomic_write
+from simclr.tools.report import plot_runs, run_stats, value_text
+from simclr.train.rundir import RunDir
 
 RESULTS_MD = "results.md"
 RESULTS_CSV = "results.csv"
@@ -48,6 +50,10 @@ class Cell:
     @property
     def name(self) -> str:
         return self.run_dir.name
+
+    @property
+    def files(self) -> RunDir:
+        return RunDir(self.run_dir)
 
 
 def split_values(text: str) -> list[str]:
@@ -171,11 +177,10 @@ def _check_existing(cell: Cell) -> None:
     """Refuse, before any training, a cell dir that holds a run with other settings."""
     from simclr.train.rundir import resume_changes
 
-    path = cell.run_dir / "config.yaml"
-    if not path.exists():
+    if not cell.files.config.exists():
         return
     planned = cell.cfg.to_dict()
-    changed = [k for k in resume_changes(C.load_yaml(path), planned)
+    changed = [k for k in resume_changes(cell.files.saved_config(), planned)
                if not (k in ("augment.mean", "augment.std") and planned["augment"][
                    k.split(".")[1]] is None)]
     if changed:
@@ -185,16 +190,14 @@ def _check_existing(cell: Cell) -> None:
 
 def cell_state(cell: Cell, total_steps: int, protocols: list[str]) -> tuple[bool, bool]:
     """(trained to ``total_steps``, evaluated at that step with all ``protocols``)."""
-    from simclr.train.rundir import CHECKPOINT, load_checkpoint
-
-    ckpt = cell.run_dir / CHECKPOINT
-    if not ckpt.exists() or not (cell.run_dir / "encoder.safetensors").exists():
+    files = cell.files
+    if not files.checkpoint.exists() or not files.encoder.exists():
         return False, False
-    step = load_checkpoint(ckpt)["step"]
+    step = files.load_checkpoint()["step"]
     if step != total_steps:
         return False, False
     try:
-        report = json.loads((cell.run_dir / EVAL_JSON).read_text())
+        report = json.loads(files.eval_json.read_text())
     except (OSError, json.JSONDecodeError):
         return True, False
     return True, report.get("step") == step and set(protocols) <= set(report.get("protocols",
@@ -216,9 +219,9 @@ def table_keys(grid_keys: list[str]) -> list[str]:
 def result_row(cell: Cell) -> dict[str, Any]:
     """The settings and metrics of a cell: its grid values and :data:`SHOWN_SETTINGS` (as the
     cell's resolved config has them), run stats and the simclr rows of its eval.json."""
-    report = read_eval(cell.run_dir / EVAL_JSON)
+    report = read_eval(cell.files.eval_json)
     empty = {"epochs": 0, "last_loss": None, "time": None, "images_per_s": None}
-    stats = run_stats(cell.run_dir) if (cell.run_dir / METRICS).exists() else empty
+    stats = run_stats(cell.run_dir) if cell.files.metrics.exists() else empty
     row: dict[str, Any] = {"run": cell.name}
     for key in table_keys([k for k, _ in cell.items]):
         section, name = key.split(".")
@@ -271,10 +274,7 @@ def write_results(rows: list[dict[str, Any]], keys: list[str], out: Path) -> tup
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / RESULTS_CSV, out / RESULTS_MD
-    csv_path.write_text(buffer.getvalue())
-    md_path.write_text(
+    table = (
         f"# Sweep {out.name}: {len(rows)} runs\n\n"
         "Accuracies and NMI in percent on the test split, for the simclr encoder at its last "
         "epoch (linear probe with weight decay chosen on a train hold-out, cosine kNN, k-means "
@@ -282,6 +282,8 @@ def write_results(rows: list[dict[str, Any]], keys: list[str], out: Path) -> tup
         "used, before lr_scaling with the batch (each optimizer has its own default). Loss: the "
         "last epoch's mean NT-Xent. Train time: training seconds.\n\n"
         + format_results(rows, keys) + f"\n\n![loss of every run]({LOSS_PNG})\n")
+    csv_path = atomic_write(out / RESULTS_CSV, lambda tmp: tmp.write_text(buffer.getvalue()))
+    md_path = atomic_write(out / RESULTS_MD, lambda tmp: tmp.write_text(table))
     return md_path, csv_path
 
 
@@ -336,7 +338,7 @@ def sweep(config: str | Path | None, grid_specs: list[str], overrides: list[str]
             failed.append(cell.name)
     rows = [result_row(cell) for cell in cells]
     write_results(rows, table_keys([k for k, _ in grid]), out)
-    plotted = [c.run_dir for c in cells if (c.run_dir / METRICS).exists()]
+    plotted = [c.run_dir for c in cells if c.files.metrics.exists()]
     if plotted:
         plot_runs(plotted, out / LOSS_PNG, title=f"sweep {out.name}: {len(plotted)} runs")
     if failed:

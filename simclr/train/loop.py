@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -32,7 +31,7 @@ from simclr.runtime.compute import step_generator
 from simclr.train import dist
 from simclr.train.monitor import knn_monitor
 from simclr.train.optim import lr_at, set_lr
-from simclr.train.rundir import ENCODER, export_encoder, rng_state, save_checkpoint
+from simclr.train.rundir import rng_state
 from simclr.train.state import Run, TrainState
 from simclr.train.step import train_step
 
@@ -54,28 +53,25 @@ def encoder_meta(cfg: C.Config, in_channels: int, image_size: int, epoch: int,
 
 
 def train(run: Run, state: TrainState) -> Path:
-    """The loop: epochs of steps, a log line per window, an epoch end, a checkpoint."""
+    """The loop: for each step, the step; a log when due; at an epoch's end, the kNN monitor
+    and a save (and a save every ``train.checkpoint_every`` steps inside an epoch)."""
     announce(run, state)
     state.model.train()
     while state.step < run.stop:
         epoch, first = divmod(state.step, run.steps_per_epoch)
-        state.window_steps, state.window_start = 0, time.perf_counter()
+        start_window(state)
         with progress_bar(run, epoch, first) as bar:
             for x, y in batches(run, epoch, first):
                 advance(run, state, x, y)
                 bar.update(1)
-                if state.step % run.cfg.train.log_every == 0 or at_epoch_end(run, state) \
-                        or state.step >= run.stop:
+                if log_due(run, state):
                     log_window(run, state, epoch, bar)
-                every = run.cfg.train.checkpoint_every
-                if every and state.step % every == 0 and not at_epoch_end(run, state) \
-                        and state.step < run.stop:
-                    save(run, state, time.perf_counter() - state.window_start)  # mid-epoch
+                if checkpoint_due(run, state):
+                    save(run, state, mid_epoch=True)
                 if state.step >= run.stop:
                     break
         if at_epoch_end(run, state):
             end_epoch(run, state, epoch)
-        dist.wait_for_main()  # for rank 0's kNN monitor, before save()'s collectives
         save(run, state)
     return finish(run, state)
 
@@ -114,6 +110,25 @@ def batches(run: Run, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, An
 def at_epoch_end(run: Run, state: TrainState) -> bool:
     """Whether the last step ended an epoch (the run's last step ends its partial one)."""
     return state.step % run.steps_per_epoch == 0 or state.step == run.total_steps
+
+
+def log_due(run: Run, state: TrainState) -> bool:
+    """A window line every ``train.log_every`` steps, at an epoch's end and at the stop."""
+    return (state.step % run.cfg.train.log_every == 0 or at_epoch_end(run, state)
+            or state.step >= run.stop)
+
+
+def checkpoint_due(run: Run, state: TrainState) -> bool:
+    """A checkpoint inside an epoch every ``train.checkpoint_every`` steps (0: none): the
+    epoch's end and the stop save anyway."""
+    every = run.cfg.train.checkpoint_every
+    return bool(every) and state.step % every == 0 and not at_epoch_end(run, state) \
+        and state.step < run.stop
+
+
+def start_window(state: TrainState) -> None:
+    """A new log window: its steps and its clock."""
+    state.window_steps, state.window_start = 0, time.perf_counter()
 
 
 def advance(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor | None) -> None:
@@ -158,7 +173,7 @@ def log_window(run: Run, state: TrainState, epoch: int, bar: tqdm) -> None:
                     "lr": state.lr, "images_per_s": speed, "time": state.elapsed})
     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{state.lr:.3g}", img_s=f"{speed:.0f}")
     state.window_loss.zero_()
-    state.window_steps, state.window_start = 0, time.perf_counter()
+    start_window(state)
 
 
 def end_epoch(run: Run, state: TrainState, epoch: int) -> None:
@@ -184,13 +199,16 @@ def end_epoch(run: Run, state: TrainState, epoch: int) -> None:
             f"time {state.elapsed:.0f}s{knn}")
 
 
-def save(run: Run, state: TrainState, unlogged: float = 0.0) -> None:
-    """Checkpoint the state (rank 0 writes; the others wait without a collective's timeout);
-    ``unlogged``: training seconds since the last log window."""
+def save(run: Run, state: TrainState, mid_epoch: bool = False) -> None:
+    """Checkpoint the state (rank 0 writes; the others wait, before for rank 0's kNN monitor
+    and after for its write, without a collective's timeout). ``mid_epoch``: the training
+    seconds of the open log window count too."""
+    dist.wait_for_main()
+    unlogged = time.perf_counter() - state.window_start if mid_epoch else 0.0
     guard_finite(run, state)
     epoch_total = float(dist.reduce_mean(state.epoch_loss))
     if run.main:
-        save_checkpoint(run.checkpoint, {
+        run.files.save_checkpoint({
             "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "scaler": state.scaler.state_dict(), "step": state.step,
             "epoch": state.step // run.steps_per_epoch, "elapsed": state.elapsed + unlogged,
@@ -206,10 +224,10 @@ def finish(run: Run, state: TrainState) -> Path:
     if run.main:
         meta = encoder_meta(run.cfg, *run.shape, state.step // run.steps_per_epoch, state.step,
                             state.model)
-        export_encoder(run.run_dir / ENCODER, state.model.encoder, meta)
-        np.save(run.run_dir / "loss_history.npy", np.asarray(state.history, dtype=np.float64))
+        run.files.export_encoder(state.model.encoder, meta)
+        run.files.save_losses(state.history)
     if state.step >= run.total_steps:
-        run.log(f"done: {run.run_dir / ENCODER}")
+        run.log(f"done: {run.files.encoder}")
     else:
         run.log(f"stopped at step {state.step} of {run.total_steps} (train.max_steps="
                 f"{run.cfg.train.max_steps}); to go on, run the same command with a larger "

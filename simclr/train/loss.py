@@ -1,5 +1,6 @@
-"""NT-Xent, the normalized temperature-scaled cross-entropy of SimCLR (Chen et al. 2020): two
-views (``nt_xent``) and V views per image with several positives each (``multi_nt_xent``)."""
+"""NT-Xent, the normalized temperature-scaled cross-entropy of SimCLR (Chen et al. 2020): the
+loss of a step (:func:`contrastive_loss`, its one entry point), two views (:func:`nt_xent`) and V
+views per image with several positives each (:func:`multi_nt_xent`)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,24 @@ def multi_nt_xent(z: Tensor, views: int, temperature: float, rank: int = 0, gath
     log_prob = torch.log_softmax(logits, dim=1)
     per_anchor = torch.where(positive, log_prob, 0.0).sum(1) / positive.sum(1)  # VN
     return -per_anchor.mean()
+
+
+def contrastive_loss(z: Tensor, views: int, temperature: float, rank: int = 0, gather=None,
+                     labels: Tensor | None = None) -> Tensor:
+    """The loss of a training step on V views of N images (the mean over the V·N views).
+
+    Two views and no labels: :func:`nt_xent` on the two halves, which is
+    :func:`multi_nt_xent` for V = 2 (a test proves them equal) written as the reference's
+    two-view form: the official presets' step, bit for bit. Otherwise :func:`multi_nt_xent`.
+
+    Args:
+        z: (V·N) x D projections, view-major (row v·N + i: view v of image i).
+        views: V >= 2.
+        temperature: T > 0.
+        rank, gather: this process's rank and the gather across processes (None: one).
+        labels: N class labels (SupCon positives), or None.
+    """
+    if views == 2 and labels is None:
+        z1, z2 = z.chunk(2)
+        return nt_xent(z1, z2, temperature, rank=rank, gather=gather)
+    return multi_nt_xent(z, views, temperature, rank, gather, labels)

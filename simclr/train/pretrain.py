@@ -31,10 +31,7 @@ from simclr.runtime.compute import cpu_contention, resolve_device, resolve_preci
 from simclr.train import dist
 from simclr.train import tensorboard as tboard
 from simclr.train.loop import train
-from simclr.train.rundir import (
-    check_writable,
-    run_lock,
-)
+from simclr.train.rundir import RunDir
 from simclr.train.state import build, resume
 
 
@@ -83,7 +80,7 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
             torch.distributed.broadcast_object_list(shared)  # rank 0's default name for all
             run_dir = Path(shared[0])
         if dist.is_main():
-            check_writable(run_dir)
+            RunDir(run_dir).check_writable()
         else:
             log = _quiet
         precision = resolve_precision(cfg.train.precision, device)
@@ -108,7 +105,7 @@ def pretrain(cfg: C.Config, run_dir: str | Path | None = None, force: bool = Fal
                                                               else images)
         if cfg.train.tensorboard:
             tboard.check_available()
-        lock = run_lock(run_dir) if dist.is_main() else contextlib.nullcontext()
+        lock = RunDir(run_dir).lock() if dist.is_main() else contextlib.nullcontext()
         with lock:
             run, state = build(cfg, run_dir, log, images, device, precision, labels, encoder)
             resume(run, state, force)

@@ -1,5 +1,16 @@
-"""Run-directory state: atomic checkpoints (loaded with ``weights_only=True``), the safetensors
-encoder export and the metrics log (trimmed to the checkpoint on resume)."""
+"""A run directory and everything in it: :class:`RunDir` owns a run's paths, its config (saved
+resolved; loaded with the one "not found" message), the metrics log (appended, read, trimmed to
+the checkpoint on resume), the lock, atomic checkpoints (loaded with ``weights_only=True``), the
+safetensors encoder export and the loss history, and the rules for resuming it. Every file is
+written through :func:`simclr.runtime.files.atomic_write`.
+
+Layout of a run dir::
+
+    config.yaml          the resolved config        metrics.jsonl   window / epoch / knn lines
+    checkpoint.pt        the training state         encoder.safetensors  the encoder + its record
+    loss_history.npy     per-epoch mean losses      eval.json       evaluation results
+    features/            cached features            plots/, report.md   pictures, the report
+"""
 
 from __future__ import annotations
 
@@ -13,54 +24,31 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from simclr.config import Config, diff
+from simclr.config import Config, build_config, diff, load_yaml, save_yaml
 from simclr.errors import SimCLRError
+from simclr.runtime.files import atomic_write
 
 try:
     import fcntl
 except ImportError:  # Windows: no flock; run_lock says so and runs unlocked
     fcntl = None
 
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
-LOCK = ".lock"
 ENCODER = "encoder.safetensors"
+LOSSES = "loss_history.npy"
+EVAL_JSON = "eval.json"
+FEATURES = "features"
+PLOTS = "plots"
+REPORT = "report.md"
+LOCK = ".lock"
 _ENCODER_FORMAT = "simclr-encoder-v1"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename over ``path``: a reader (or a crash) sees
-    the old file or the new one, never a partial one.
-
-    The file gets the permissions a plain ``open(path, "w")`` gives (0666 less the umask, so
-    usually 0644), whatever ``write`` created it with (safetensors makes its files 0600).
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if os.name == "nt":  # folders cannot be opened (or fsynced) there
-        return
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 @contextlib.contextmanager
@@ -157,6 +145,37 @@ def append_metrics(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of ``run_dir/metrics.jsonl`` in file order.
+
+    A last line cut short by a crash (not valid JSON) is skipped; a broken line elsewhere is
+    an error, since the file would then not be one this package wrote.
+
+    Raises:
+        SimCLRError: the file is missing or corrupt.
+    """
+    path = Path(run_dir) / METRICS
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        raise SimCLRError(f"cannot read {path} ({e.strerror}); is {run_dir} a simclr run dir "
+                          "that has trained at least one window?") from None
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break  # the run was killed while writing this line
+            raise SimCLRError(f"{path} line {i + 1} is not JSON; the file is corrupt (delete "
+                              "the line to use the rest)") from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def trim_metrics(path: Path, step: int) -> None:
     """Drop metrics-log lines written after ``step``, the checkpoint a run resumes from (they
     will be written again), and lines cut by a crash."""
@@ -227,3 +246,91 @@ def check_writable(run_dir: Path) -> None:
         raise SimCLRError(f"cannot write the run dir {run_dir} ({e.strerror or e}); choose "
                           "another --run-dir") from None
 
+
+def encoder_file(run_dir_or_file: str | Path) -> Path:
+    """The ``encoder.safetensors`` of a run dir, or the file given; SimCLRError when a run dir
+    has not exported one yet."""
+    path = Path(run_dir_or_file)
+    if path.is_dir():
+        path = path / ENCODER
+        if not path.exists():
+            raise SimCLRError(f"{path} not found: the run has not exported an encoder yet; run "
+                              "`simclr pretrain` on it (a stopped run exports at its stop)")
+    return path
+
+
+class RunDir:
+    """A run directory: its files' paths (:attr:`config`, :attr:`metrics`,
+    :attr:`checkpoint`, :attr:`encoder`, ...) and what is done with them."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    config = property(lambda self: self.path / CONFIG)
+    metrics = property(lambda self: self.path / METRICS)
+    checkpoint = property(lambda self: self.path / CHECKPOINT)
+    encoder = property(lambda self: self.path / ENCODER)
+    losses = property(lambda self: self.path / LOSSES)
+    eval_json = property(lambda self: self.path / EVAL_JSON)
+    features = property(lambda self: self.path / FEATURES)
+    plots = property(lambda self: self.path / PLOTS)
+    report = property(lambda self: self.path / REPORT)
+
+    def saved_config(self) -> dict:
+        """The run's config.yaml as a mapping; the one error when it is missing."""
+        if not self.config.exists():
+            raise SimCLRError(f"{self.config} not found; is {self.path} a simclr run dir?")
+        return load_yaml(self.config)
+
+    def load_config(self, overrides: list[str] | dict | None = None) -> Config:
+        """The run's saved config with ``overrides`` applied, checked."""
+        return build_config(overrides=overrides or [], base=self.saved_config())
+
+    def save_config(self, cfg: Config) -> None:
+        save_yaml(cfg, self.config)
+
+    def record(self, record: dict) -> None:
+        """Append one line to the metrics log."""
+        append_metrics(self.metrics, record)
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def trim_metrics(self, step: int) -> None:
+        trim_metrics(self.metrics, step)
+
+    def lock(self):
+        """:func:`run_lock` on this run dir (a context manager)."""
+        return run_lock(self.path)
+
+    def check_writable(self) -> None:
+        check_writable(self.path)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        save_checkpoint(self.checkpoint, state)
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        return load_checkpoint(self.checkpoint)
+
+    def export_encoder(self, encoder: torch.nn.Module, meta: dict[str, Any]) -> None:
+        export_encoder(self.encoder, encoder, meta)
+
+    def save_losses(self, history: list[float]) -> None:
+        """The per-epoch mean losses as ``loss_history.npy`` (float64)."""
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # np.save adds .npy to a name that lacks it
+                np.save(f, np.asarray(history, dtype=np.float64))
+        atomic_write(self.losses, write)
+
+
+__all__ = ["CHECKPOINT", "CONFIG", "ENCODER", "EVAL_JSON", "FEATURES", "LOSSES", "METRICS",
+           "PLOTS", "REPORT", "RESUME_FREE", "RunDir", "append_metrics", "check_resume",
+           "check_writable", "encoder_file", "export_encoder", "load_checkpoint",
+           "load_model_state", "read_encoder", "read_metrics", "resume_changes", "rng_state",
+           "run_lock", "save_checkpoint", "set_rng_state", "trim_metrics"]

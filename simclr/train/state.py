@@ -22,17 +22,7 @@ from simclr.models.factory import build_model
 from simclr.train import dist
 from simclr.train import tensorboard as tboard
 from simclr.train.optim import build_optimizer, lr_at, scaled_lr, step_counts
-from simclr.train.rundir import (
-    CHECKPOINT,
-    append_metrics,
-    check_resume,
-    load_checkpoint,
-    load_model_state,
-    set_rng_state,
-    trim_metrics,
-)
-
-METRICS = "metrics.jsonl"
+from simclr.train.rundir import RunDir, check_resume, load_model_state, set_rng_state
 
 
 def monitor_every(cfg: C.Config) -> int:
@@ -69,12 +59,12 @@ class Run:
     main: bool
 
     @property
-    def checkpoint(self) -> Path:
-        return self.run_dir / CHECKPOINT
+    def files(self) -> RunDir:
+        return RunDir(self.run_dir)
 
     def record(self, rec: dict) -> None:
         """One metrics.jsonl line (and TensorBoard scalars)."""
-        append_metrics(self.run_dir / METRICS, rec)
+        self.files.record(rec)
         if self.tb is not None:
             self.tb.record(rec)
 
@@ -146,10 +136,11 @@ def build(cfg: C.Config, run_dir: Path, log, images: torch.Tensor | StreamLoader
 def resume(run: Run, state: TrainState, force: bool) -> None:
     """Load the run dir's checkpoint into ``state`` (refusing changed settings unless
     ``force``), trim the metrics log to it, and save the resolved config."""
-    if run.checkpoint.exists():
-        saved = load_checkpoint(run.checkpoint)
+    files = run.files
+    if files.checkpoint.exists():
+        saved = files.load_checkpoint()
         check_resume(saved["config"], run.cfg.to_dict(), force, run.run_dir)
-        load_model_state(state.model, saved["model"], run.checkpoint)
+        load_model_state(state.model, saved["model"], files.checkpoint)
         state.optimizer.load_state_dict(saved["optimizer"])
         state.scaler.load_state_dict(saved["scaler"])
         set_rng_state(saved["rng"])
@@ -157,7 +148,7 @@ def resume(run: Run, state: TrainState, force: bool) -> None:
         state.history = list(saved["loss_history"])
         state.epoch_loss.fill_(saved["epoch_loss_sum"])
         if run.main:
-            trim_metrics(run.run_dir / METRICS, state.step)
+            files.trim_metrics(state.step)
     state.lr = lr_at(state.step, run.peak_lr, run.warmup_steps, run.total_steps)
     if run.main:
-        C.save_yaml(run.cfg, run.run_dir / "config.yaml")
+        files.save_config(run.cfg)
