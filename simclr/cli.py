@@ -150,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="a row for each of fp32/bf16 x NCHW/channels_last")
     bench.add_argument("--compile", action="store_true", help="with --matrix: also compile on")
     bench.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    bench.add_argument("--images", type=int, default=0,
+                       help="also count the model TFLOP of a whole run on this many training "
+                            "images (each step at its view size: augment.size_start)")
     for sp in (pre, ev, exp, prev, plot, emb, nbr, swp, rep, bench):
         # SUPPRESS: when absent here it must not reset a top-level `simclr --debug`
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -249,7 +252,8 @@ def _bench(args, overrides: list[str]) -> None:
     cfg = build_config(args.config, overrides)
     from simclr.tools.bench import run
 
-    run(cfg, args.steps, args.warmup, args.windows, args.matrix, args.compile, args.json)
+    run(cfg, args.steps, args.warmup, args.windows, args.matrix, args.compile, args.json,
+        args.images)
 
 
 COMMANDS = {"pretrain": _pretrain, "eval": _eval, "export": _export,

@@ -113,7 +113,7 @@ def _run_tflop(cfg) -> float:
 
 def test_fashion_mnist_preset_stays_within_the_compute_of_the_15_minute_preset_it_replaced():
     """Issue 17's budget: the 10-epoch, two 28 px view preset (205.8 TFLOP); the preset trains
-    18 epochs of two 20 px views (195.3), the figures benchmarks/fashion_mnist.md reports."""
+    18 epochs of two 20 px views (195.3), the figures docs/tuning-log.md reports."""
     path = REPO / "configs/fashion_mnist_cpu.yaml"
     new = build_config(path)
     old = build_config(path, ["augment.views=[[2,1]]", "train.epochs=10"])

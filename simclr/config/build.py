@@ -121,9 +121,16 @@ def check_model_arch(m) -> None:
     :mod:`simclr.config.packages`) or ``custom`` (a module given to the Python API); our
     ResNets' own keys are refused for the others."""
     if m.arch in RESNETS:
+        if m.kwargs:
+            raise SimCLRError(f"model.kwargs={m.kwargs} applies to timm: and torchvision: models "
+                              f"only, not to model.arch={m.arch}; drop it (our ResNets take "
+                              "model.width, model.stem, model.shortcut)")
         return
     if is_external(m.arch):
         check_arch(m.arch)
+    elif m.arch == CUSTOM and m.kwargs:
+        raise SimCLRError("model.kwargs applies to timm: and torchvision: models, not to a "
+                          "custom module (build it with its arguments yourself); drop it")
     elif m.arch != CUSTOM:
         raise SimCLRError(f"unknown model.arch '{m.arch}': {closest(m.arch, list(RESNETS))}"
                           f"choose one of {', '.join(RESNETS)}, timm:NAME or torchvision:NAME "
@@ -162,6 +169,11 @@ def validate(cfg: Config) -> None:
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.loss.temperature > 0, "loss.temperature must be > 0"),
         (cfg.loss.scale > 0, "loss.scale must be > 0 (1 = per-view mean, 2 = the tf reference)"),
+        (cfg.loss.dclw_sigma > 0, "loss.dclw_sigma must be > 0"),
+        (not (cfg.loss.name == "dclw" and cfg.loss.supervised),
+         "loss.name=dclw weights the two views of one image (the paper's form), not the "
+         "positives of a class: use loss.name=dcl with loss.supervised=true"),
+        (0 <= cfg.train.ema < 1, "train.ema must be in [0, 1) (a decay such as 0.999; 0 = off)"),
         (cfg.train.batch_size >= 2, "train.batch_size must be >= 2 (NT-Xent needs negatives)"),
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.max_steps >= 0, "train.max_steps must be >= 0 (0 = no limit)"),
@@ -180,6 +192,12 @@ def validate(cfg: Config) -> None:
          "augment.crop_scale must be two numbers 0 < lo <= hi <= 1"),
         (0 < cfg.augment.crop_ratio[0] <= cfg.augment.crop_ratio[1],
          "augment.crop_ratio must be two numbers 0 < lo <= hi"),
+        (0 < cfg.augment.size_start <= 1,
+         "augment.size_start must be in (0, 1] (1 = the views' own size throughout)"),
+        (0 <= cfg.augment.size_ramp[0] < cfg.augment.size_ramp[1] <= 1,
+         "augment.size_ramp must be two fractions of the run 0 <= start < end <= 1"),
+        (cfg.augment.size_stages == 0 or cfg.augment.size_stages >= 2,
+         "augment.size_stages must be 0 (pixel by pixel) or >= 2 (sizes from start to full)"),
         (cfg.eval.every >= -1, "eval.every must be >= 0 epochs (0 = off) or -1 (auto)"),
         (cfg.eval.knn_k >= 1, "eval.knn_k must be >= 1"),
         (cfg.eval.knn_temperature > 0, "eval.knn_temperature must be > 0"),

@@ -23,6 +23,7 @@ Init = Literal["torchvision", "reference"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Stream = Literal["auto", "on", "off"]
 Interpolation = Literal["bilinear", "bicubic"]
+LossName = Literal["ntxent", "dcl", "dclw"]
 RESNETS = ("resnet18", "resnet34", "resnet50")  # model.arch values of our own ResNets
 
 
@@ -53,6 +54,12 @@ class Augment:
     # view groups [count, size] or [count, size, scale_lo, scale_hi]: size <= 1 is a fraction
     # of the image side, > 1 pixels; the crop scale defaults to crop_scale
     views: tuple[tuple[int | float, ...], ...] = ((2, 1),)
+    # a view-size schedule, a pure function of the step: the views start at size_start x their
+    # size and grow to it over the part size_ramp of the run (fractions of its steps), pixel by
+    # pixel, or in size_stages equal stages (0: pixel by pixel); size_start 1 = no schedule
+    size_start: float = 1.0
+    size_ramp: tuple[float, float] = (0.0, 1.0)
+    size_stages: int = 0
 
 
 @dataclass
@@ -67,15 +74,20 @@ class Model:
     proj_bn_last: bool = False  # BatchNorm (scale only) on the output layer too, no bias there
     shortcut: Shortcut = "identity"  # a stage's first block when the shapes already match
     zero_init_residual: bool = False  # last BN gamma of every block starts at 0 (the reference)
+    # keyword arguments of timm.create_model / torchvision's builder, e.g. {img_size: 28,
+    # patch_size: 4} for a ViT on 28 px images (timm: and torchvision: archs only)
+    kwargs: dict[str, Any] = field(default_factory=dict)
     init: Init = "torchvision"  # torchvision | reference (tf VarianceScaling convs, N(0, .01) head)
     sync_bn: bool = True  # global BatchNorm over all processes when distributed
 
 
 @dataclass
 class Loss:
+    name: LossName = "ntxent"  # ntxent | dcl | dclw: decoupled (Yeh et al. 2022), w: weighted
     temperature: float = 0.5
     scale: float = 1.0  # the optimizer minimizes scale x the logged per-view mean (2 = the tf ref)
     supervised: bool = False  # SupCon: every view of an image with the same label is a positive
+    dclw_sigma: float = 0.5  # dclw: the von Mises-Fisher weight's sigma (the paper's 0.5)
 
 
 @dataclass
@@ -106,6 +118,7 @@ class Train:
     checkpoint_every: int = 0  # also checkpoint every N steps inside epochs; 0 = epoch ends only
     progress: bool = True  # tqdm progress bar
     tensorboard: bool = False  # also log to RUN_DIR/tensorboard (needs the tensorboard package)
+    ema: float = 0.0  # decay of the encoder's weight average, exported and evaluated; 0 = off
 
 
 @dataclass
@@ -178,7 +191,6 @@ def plain(obj: Any) -> Any:
 
 __all__ = [
     "OPTIM_DEFAULTS", "RESNETS", "Augment", "Config", "Data", "DatasetName", "Eval", "Finetune",
-    "plain",
-    "Init", "Interpolation", "Loss", "LrScaling", "Model", "Optim", "OptimName", "Precision",
-    "Probe", "Shortcut", "Stem", "StepRule", "Stream", "Train",
+    "Init", "Interpolation", "Loss", "LossName", "LrScaling", "Model", "Optim", "OptimName",
+    "Precision", "Probe", "Shortcut", "Stem", "StepRule", "Stream", "Train", "plain",
 ]

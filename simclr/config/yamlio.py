@@ -32,8 +32,9 @@ YAMLLoader.add_implicit_resolver(
 
 
 def parse_value(text: str) -> Any:
-    """Parse a command-line value as YAML (``1e-3``, ``true``, ``null``, ``0.2,1``)."""
-    if "," in text and not text.strip().startswith("["):
+    """Parse a command-line value as YAML (``1e-3``, ``true``, ``null``, ``0.2,1``,
+    ``{img_size: 28, patch_size: 4}``)."""
+    if "," in text and not text.strip().startswith(("[", "{")):
         text = f"[{text}]"
     try:
         return yaml.load(text, Loader=YAMLLoader)
@@ -91,6 +92,11 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             except SimCLRError:
                 pass
         raise SimCLRError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise SimCLRError(f"{key}: expected a mapping like {{img_size: 28, patch_size: 4}}, "
+                              f"got {value!r}")
+        return dict(value)
     if origin is typing.Literal:
         choices = [str(c) for c in typing.get_args(tp)]
         if isinstance(value, str):

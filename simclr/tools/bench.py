@@ -17,6 +17,7 @@ import resource
 import statistics
 import time
 import warnings
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,14 +26,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from simclr import config as C
-from simclr.augment.views import make_views
+from simclr.augment.views import make_views, size_scale, view_groups
 from simclr.data.datasets import DATASETS
 from simclr.data.loader import TensorLoader
 from simclr.models.factory import build_model
 from simclr.runtime import allocator
 from simclr.runtime.compute import cpu_contention, resolve_device, resolve_precision, step_generator
 from simclr.runtime.files import atomic_write
-from simclr.train.optim import build_optimizer, set_lr
+from simclr.train.optim import build_optimizer, set_lr, step_counts
 from simclr.train.step import train_step
 
 
@@ -115,10 +116,7 @@ def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3,
 
     bare_ips = _time(bare, device, steps, warmup, windows, batch)
     full_ips = _time(full, device, steps, warmup, windows, batch)
-    flops = FlopCounterMode(display=False)
-    with flops:
-        train_step(model, optimizer, scaler, premade, cfg, device, precision)
-    step_flops = flops.get_total_flops()
+    step_flops = _count_flops(model, optimizer, scaler, premade, cfg, device, precision)
     return {"arch": cfg.model.arch, "width": cfg.model.width, "image": f"{channels}x{side}",
             "batch": batch, "device": str(device), "precision": precision,
             "layout": "channels_last" if cfg.train.channels_last else "NCHW",
@@ -127,6 +125,54 @@ def bench_one(cfg: C.Config, steps: int = 5, warmup: int = 2, windows: int = 3,
             "ratio": full_ips / bare_ips, "gflop_per_step": step_flops / 1e9,
             "bare_gflop_s": step_flops / 1e9 * bare_ips / batch,
             "peak_mem_mb": _peak_memory_mb(device)}
+
+
+def _count_flops(model, optimizer, scaler, views, cfg: C.Config, device: torch.device,
+                 precision: str) -> int:
+    """Model FLOPs of one training step on ``views`` (torch.utils.flop_counter)."""
+    flops = FlopCounterMode(display=False)
+    with flops:
+        train_step(model, optimizer, scaler, views, cfg, device, precision)
+    return flops.get_total_flops()
+
+
+def run_tflop(cfg: C.Config, n_images: int) -> tuple[float, int]:
+    """Model TFLOP of a whole run on ``n_images`` and its steps: every step counted at its
+    own view sizes (``augment.size_start``'s schedule), one count per distinct size.
+
+    Returns:
+        (TFLOP, steps) of the run (``train.max_steps`` stops it early).
+    """
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    channels, side = _shape(cfg)
+    t = cfg.train
+    total, _ = step_counts(n_images, t.batch_size, t.epochs, cfg.optim.warmup_epochs,
+                           t.step_rule)
+    steps = min(total, t.max_steps or total)
+    by_sides: Counter[tuple] = Counter()
+    scale_of: dict[tuple, float] = {}
+    for step in range(steps):
+        scale = size_scale(cfg.augment, step, total)
+        sides = tuple(g[1] for g in view_groups(cfg.augment, (side, side), scale))
+        by_sides[sides] += 1
+        scale_of.setdefault(sides, scale)
+    fmt = torch.channels_last if t.channels_last else torch.contiguous_format
+    torch.manual_seed(t.seed)
+    model = build_model(cfg.model, channels, side).to(device, memory_format=fmt)
+    optimizer = build_optimizer(model, cfg.optim)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    images = torch.randint(0, 256, (t.batch_size, channels, side, side), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0)).to(device)
+    flops = 0
+    for sides, count in by_sides.items():
+        views = [v.contiguous(memory_format=fmt) for v in make_views(
+            images, cfg.augment, [0.5] * channels, [0.25] * channels,
+            step_generator(t.seed, 0), scale_of[sides])]
+        flops += count * _count_flops(model, optimizer, scaler,
+                                      views[0] if len(views) == 1 else views, cfg, device,
+                                      precision)
+    return flops / 1e12, steps
 
 
 def matrix(cfg: C.Config, with_compile: bool) -> list[C.Config]:
@@ -158,7 +204,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def run(cfg: C.Config, steps: int, warmup: int, windows: int, with_matrix: bool,
-        with_compile: bool, json_path: Path | None, log=print) -> list[dict]:
+        with_compile: bool, json_path: Path | None, images: int = 0, log=print) -> list[dict]:
     env = environment()
     r0 = cfg
     log(f"simclr bench: {r0.model.arch} x{r0.model.width}, {r0.data.name}-shaped "
@@ -169,6 +215,12 @@ def run(cfg: C.Config, steps: int, warmup: int, windows: int, with_matrix: bool,
     configs = matrix(cfg, with_compile) if with_matrix else [cfg]
     rows = [bench_one(c, steps, warmup, windows) for c in configs]
     log(format_rows(rows))
+    if images:
+        tflop, n_steps = run_tflop(cfg, images)
+        log(f"a run on {images} images: {n_steps} steps, {tflop:.1f} TFLOP of model compute "
+            f"({1000 * tflop / n_steps:.1f} GFLOP a step on average)")
+        for row in rows:
+            row.update(run_images=images, run_steps=n_steps, run_tflop=tflop)
     if json_path is not None:
         text = json.dumps({"environment": env, "rows": rows}, indent=2)
         atomic_write(json_path, lambda tmp: tmp.write_text(text))

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from simclr import config as C
-from simclr.augment.views import make_views
+from simclr.augment.views import make_views, size_scale
 from simclr.config import CUSTOM
 from simclr.data.loader import batch_labels
 from simclr.data.stream import StreamLoader
@@ -29,6 +29,7 @@ from simclr.models.factory import encoder_spec
 from simclr.runtime import allocator
 from simclr.runtime.compute import step_generator
 from simclr.train import dist
+from simclr.train.ema import update_average
 from simclr.train.monitor import knn_monitor
 from simclr.train.optim import lr_at, set_lr
 from simclr.train.rundir import rng_state
@@ -39,8 +40,9 @@ from simclr.train.step import train_step
 def encoder_meta(cfg: C.Config, in_channels: int, image_size: int, epoch: int,
                  step: int, model=None) -> dict[str, Any]:
     """What ``load_encoder`` needs to rebuild and feed the encoder (``model``: the trained
-    SimCLR model, for its feature dimension and a custom encoder's class name)."""
-    extra = {}
+    SimCLR model, for its feature dimension and a custom encoder's class name), and with
+    ``train.ema`` the decay of the weight average the file holds."""
+    extra: dict[str, Any] = {"ema": cfg.train.ema} if cfg.train.ema > 0 else {}
     if model is not None:
         extra["feature_dim"] = model.feature_dim
         if cfg.model.arch == CUSTOM:
@@ -132,13 +134,15 @@ def start_window(state: TrainState) -> None:
 
 
 def advance(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor | None) -> None:
-    """One step: the lr of this step, the views of ``(seed, step)``, :func:`train_step`."""
+    """One step: the lr of this step, the views of ``(seed, step)`` at this step's size,
+    :func:`train_step`, the encoder's weight average."""
     cfg = run.cfg
     state.lr = lr_at(state.step, run.peak_lr, run.warmup_steps, run.total_steps)
     set_lr(state.optimizer, state.lr)
     views = [v.contiguous(memory_format=run.memory_format) for v in make_views(
         x, cfg.augment, cfg.augment.mean, cfg.augment.std,
-        step_generator(cfg.train.seed, state.step, stream=run.rank))]  # one per size
+        step_generator(cfg.train.seed, state.step, stream=run.rank),
+        size_scale(cfg.augment, state.step, run.total_steps))]  # one per size
     b = x.shape[0]
     if run.tb is not None and state.step % run.steps_per_epoch == 0 and len(views[0]) >= 2 * b:
         run.tb.views(views[0][:b], views[0][b:2 * b], cfg.augment.mean, cfg.augment.std,
@@ -146,6 +150,8 @@ def advance(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor | None
     loss = train_step(run.train_model, state.optimizer, state.scaler,
                       views[0] if len(views) == 1 else views, cfg, run.device, run.precision,
                       run.rank, run.gather, y)
+    if state.average is not None:
+        update_average(state.average, state.model.encoder, cfg.train.ema)
     state.step, state.window_steps = state.step + 1, state.window_steps + 1
     state.window_loss += loss
     state.epoch_loss += loss
@@ -185,7 +191,7 @@ def end_epoch(run: Run, state: TrainState, epoch: int) -> None:
     if run.monitor is not None and ((epoch + 1) % run.every == 0
                                     or state.step == run.total_steps):
         t = time.perf_counter()
-        top1 = knn_monitor(state.model.encoder, run.monitor, cfg, run.device, run.precision)
+        top1 = knn_monitor(state.encoder, run.monitor, cfg, run.device, run.precision)
         state.model.train()
         run.record({"kind": "knn", "epoch": epoch + 1, "step": state.step, "knn_top1": top1,
                     "k": cfg.eval.knn_k, "n_train": len(run.monitor["train"][1]),
@@ -213,7 +219,8 @@ def save(run: Run, state: TrainState, mid_epoch: bool = False) -> None:
             "scaler": state.scaler.state_dict(), "step": state.step,
             "epoch": state.step // run.steps_per_epoch, "elapsed": state.elapsed + unlogged,
             "loss_history": state.history, "epoch_loss_sum": epoch_total,
-            "config": run.cfg.to_dict(), "rng": rng_state()})
+            "config": run.cfg.to_dict(), "rng": rng_state(),
+            **({"average": state.average.state_dict()} if state.average is not None else {})})
     dist.wait_for_main()
 
 
@@ -224,7 +231,7 @@ def finish(run: Run, state: TrainState) -> Path:
     if run.main:
         meta = encoder_meta(run.cfg, *run.shape, state.step // run.steps_per_epoch, state.step,
                             state.model)
-        run.files.export_encoder(state.model.encoder, meta)
+        run.files.export_encoder(state.encoder, meta)
         run.files.save_losses(state.history)
     if state.step >= run.total_steps:
         run.log(f"done: {run.files.encoder}")

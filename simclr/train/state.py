@@ -21,6 +21,7 @@ from simclr.evaluation.splits import eval_data, monitor_config
 from simclr.models.factory import build_model
 from simclr.train import dist
 from simclr.train import tensorboard as tboard
+from simclr.train.ema import weight_average
 from simclr.train.optim import build_optimizer, lr_at, scaled_lr, step_counts
 from simclr.train.rundir import RunDir, check_resume, load_model_state, set_rng_state
 
@@ -84,6 +85,12 @@ class TrainState:
     window_steps: int = 0
     window_start: float = field(default_factory=time.perf_counter)
     history: list[float] = field(default_factory=list)  # per-epoch mean loss
+    average: torch.nn.Module | None = None  # the encoder's weight average (train.ema > 0)
+
+    @property
+    def encoder(self) -> torch.nn.Module:
+        """The encoder the run exports, evaluates and monitors: the weight average if any."""
+        return self.average if self.average is not None else self.model.encoder
 
 
 def build(cfg: C.Config, run_dir: Path, log, images: torch.Tensor | StreamLoader,
@@ -129,7 +136,8 @@ def build(cfg: C.Config, run_dir: Path, log, images: torch.Tensor | StreamLoader
     state = TrainState(model, build_optimizer(model, cfg.optim),
                        torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
                        torch.zeros((), dtype=acc, device=device),
-                       torch.zeros((), dtype=acc, device=device))
+                       torch.zeros((), dtype=acc, device=device),
+                       average=weight_average(model.encoder) if cfg.train.ema > 0 else None)
     return run, state
 
 
@@ -147,6 +155,10 @@ def resume(run: Run, state: TrainState, force: bool) -> None:
         state.step, state.elapsed = saved["step"], saved["elapsed"]
         state.history = list(saved["loss_history"])
         state.epoch_loss.fill_(saved["epoch_loss_sum"])
+        if state.average is not None:  # a run resumed with train.ema newly on (--force) starts
+            source = saved.get("average")  # its average from the encoder as it is
+            load_model_state(state.average, source if source is not None else
+                             state.model.encoder.state_dict(), files.checkpoint)
         if run.main:
             files.trim_metrics(state.step)
     state.lr = lr_at(state.step, run.peak_lr, run.warmup_steps, run.total_steps)

@@ -47,7 +47,8 @@ def train_step(model, optimizer, scaler, views: torch.Tensor | list[torch.Tensor
     with autocast(device, precision):
         _, z = model(views)  # VB x proj_dim
     n_views = sum(int(group[0]) for group in cfg.augment.views)
-    loss = contrastive_loss(z, n_views, cfg.loss.temperature, rank, gather, labels)
+    loss = contrastive_loss(z, n_views, cfg.loss.temperature, rank, gather, labels,
+                            cfg.loss.name, cfg.loss.dclw_sigma)
     optimizer_step(loss, optimizer, scaler, cfg.loss.scale, cfg.optim.clip_grad_norm)
     return loss.detach()
 
