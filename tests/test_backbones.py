@@ -16,6 +16,7 @@ from simclr.config import build_config
 from simclr.errors import SimCLRError
 from simclr.models.external import build_external, cifar_stem_, feature_dim
 from simclr.train.rundir import read_encoder
+from tests.helpers import cli, one_line_error
 
 
 class TinyNet(nn.Module):
@@ -142,6 +143,24 @@ class FakeMixer(nn.Module):
         return self.classifier(self.patch(x).mean((2, 3), keepdim=True))
 
 
+class FakeViT(nn.Module):
+    """A timm-like ViT: patches of ``patch_size`` of images of exactly ``img_size`` (timm's
+    default refuses other sizes), a token per patch, mean-pooled, a head."""
+
+    def __init__(self, in_chans=3, num_classes=1000, img_size=224, patch_size=16):
+        super().__init__()
+        self.img_size = img_size
+        self.patch_embed = nn.Conv2d(in_chans, 12, patch_size, patch_size)
+        self.blocks = nn.Sequential(nn.Linear(12, 12), nn.GELU())
+        self.head = nn.Linear(12, num_classes) if num_classes else nn.Identity()
+
+    def forward(self, x):
+        assert x.shape[-2:] == (self.img_size, self.img_size), \
+            f"Input height ({x.shape[-2]}) doesn't match model ({self.img_size})."
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2)  # B x patches x 12
+        return self.head(self.blocks(tokens).mean(1))
+
+
 @pytest.fixture
 def fake_packages(monkeypatch):
     """Stand-ins for timm and torchvision offering the calls simclr makes of them:
@@ -155,11 +174,13 @@ def fake_packages(monkeypatch):
         builders[name]()
     vision.models = models
     timm = types.ModuleType("timm")
-    timm.list_models = lambda: ["resnet_t"]
+    timm.list_models = lambda: ["resnet_t", "vit_t"]
 
-    def create_model(name, pretrained=False, num_classes=1000, in_chans=3):
-        calls.append(("timm", name, pretrained, num_classes, in_chans))
-        return FakeResNet(in_chans, num_classes)
+    def create_model(name, pretrained=False, num_classes=1000, in_chans=3, **kwargs):
+        calls.append(("timm", name, pretrained, num_classes, in_chans, *kwargs.items()))
+        if name == "vit_t":
+            return FakeViT(in_chans, num_classes, **kwargs)
+        return FakeResNet(in_chans, num_classes, **kwargs)
 
     timm.create_model = create_model
     for name, mod in (("torchvision", vision), ("torchvision.models", models), ("timm", timm)):
@@ -243,3 +264,61 @@ def test_real_package_builds_and_pretrains(arch, package, mnist_root, tmp_path):
                                       "train.max_steps": 1}), tmp_path / "run")
     enc = simclr.load_encoder(run_dir)
     assert enc(torch.rand(2, 1, 28, 28)).shape == (2, 512)
+
+
+def test_a_vit_trains_on_28_px_images_through_model_kwargs(fake_packages, mnist_root, tmp_path):
+    """timm:vit_t is built for 224 px and refused at 28 px (one line, nothing written); with
+    model.kwargs={img_size: 28, patch_size: 4} it trains, and the run's encoder is rebuilt
+    with those arguments from its file."""
+    base = [f"--data.root={mnist_root}", "--data.name=mnist", "--data.download=false",
+            "--train.batch_size=32", "--train.epochs=1", "--train.progress=false",
+            "--model.proj_dim=8", "--eval.every=0", "--model.arch=timm:vit_t"]
+    refused = cli("pretrain", "--run-dir", tmp_path / "plain", *base)
+    one_line_error(refused, "cannot run on 1x28x28 images")
+    assert not (tmp_path / "plain").exists()
+    proc = cli("pretrain", "--run-dir", tmp_path / "vit", *base,
+               "--model.kwargs={img_size: 28, patch_size: 4}")
+    assert proc.returncode == 0, proc.stderr
+    assert ("timm", "vit_t", False, 0, 1, ("img_size", 28), ("patch_size", 4)) in fake_packages
+    meta = read_encoder(tmp_path / "vit" / "encoder.safetensors")[1]
+    assert meta["arch"] == "timm:vit_t" and meta["kwargs"] == {"img_size": 28, "patch_size": 4}
+    enc = simclr.load_encoder(tmp_path / "vit")  # rebuilt from the record, kwargs included
+    assert enc.encoder.img_size == 28 and enc(torch.rand(2, 1, 28, 28)).shape == (2, 12)
+    saved = yaml.safe_load((tmp_path / "vit" / "config.yaml").read_text())
+    assert saved["model"]["kwargs"] == {"img_size": 28, "patch_size": 4}
+    bad = cli("pretrain", "--run-dir", tmp_path / "bad", *base, "--model.kwargs={depth: 3}")
+    one_line_error(bad, "timm cannot build vit_t with model.kwargs={'depth': 3}")
+    one_line_error(cli("pretrain", "--model.kwargs={img_size: 28}"),
+                   "model.kwargs={'img_size': 28} applies to timm: and torchvision: models only")
+
+
+def test_the_error_names_the_package_that_fails_to_import(monkeypatch):
+    """timm imports torchvision: a torchvision built for another torch breaks ``import timm``
+    inside torchvision (in its call into torch, as the real one does: ``RuntimeError: operator
+    torchvision::nms does not exist`` from torch/library.py), and the fix is torchvision's."""
+    real = importlib.import_module
+    site = "/env/lib/python3.11/site-packages"
+    namespace: dict = {}
+    exec(compile("def register(name):\n    raise RuntimeError(f'operator {name} does not exist')",
+                 f"{site}/torch/library.py", "exec"), namespace)
+    exec(compile("def meta():\n    register('torchvision::nms')", f"{site}/torchvision/_meta.py",
+                 "exec"), namespace)
+
+    def broken(name, *args):
+        if name == "timm":
+            namespace["meta"]()
+        return real(name, *args)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(SimCLRError) as e:
+        build_config(overrides={"model.arch": "timm:resnet18"})
+    assert "needs the timm package, which does not import here, because torchvision does not" \
+        in str(e.value) and "pip install torchvision built for this torch" in str(e.value)
+    missing = ImportError("No module named 'torchvision'", name="torchvision")
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name, *a: (_ for _ in ()).throw(missing) if name == "timm"
+                        else real(name, *a))
+    with pytest.raises(SimCLRError, match="because torchvision does not .*pip install "
+                                          "torchvision"):
+        build_config(overrides={"model.arch": "timm:resnet18"})
+

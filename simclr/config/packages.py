@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from types import ModuleType
 
 from simclr.errors import SimCLRError
@@ -25,6 +26,23 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0][:160] if text else type(e).__name__
 
 
+def failed_package(e: BaseException, package: str) -> str:
+    """The package whose import raised ``e`` while ``package`` was imported: the module an
+    ImportError names, else the innermost package of the traceback's frames but torch itself
+    (timm imports torchvision: a torchvision built for another torch fails inside it, in a
+    call into torch), else ``package``."""
+    if isinstance(e, ImportError) and e.name:
+        return e.name.split(".")[0]
+    tb, found = e.__traceback__, None
+    while tb is not None:
+        match = re.search(r"[\\/](?:site|dist)-packages[\\/]([A-Za-z0-9_]+)",
+                          tb.tb_frame.f_code.co_filename)
+        if match and match.group(1) != "torch":
+            found = match.group(1)
+        tb = tb.tb_next
+    return found or package
+
+
 def import_package(package: str, arch: str) -> ModuleType:
     try:
         module = importlib.import_module(package)
@@ -32,9 +50,12 @@ def import_package(package: str, arch: str) -> ModuleType:
             importlib.import_module("torchvision.models")
         return module
     except Exception as e:  # ImportError, or a binary built for another torch
+        culprit = failed_package(e, package)
+        why = "" if culprit == package else f", because {culprit} does not"
         raise SimCLRError(f"model.arch={arch} needs the {package} package, which does not import "
-                          f"here ({type(e).__name__}: {first_line(e)}); pip install {package} "
-                          "built for this torch, or use model.arch=resnet18/34/50") from None
+                          f"here{why} ({type(e).__name__}: {first_line(e)}); pip install "
+                          f"{culprit} built for this torch, or use model.arch=resnet18/34/50"
+                          ) from None
 
 
 def _names(package: str, module: ModuleType) -> list[str]:
@@ -55,4 +76,5 @@ def check_arch(arch: str) -> None:
 
 
 
-__all__ = ["PACKAGES", "check_arch", "first_line", "import_package", "is_external"]
+__all__ = ["PACKAGES", "check_arch", "failed_package", "first_line", "import_package",
+           "is_external"]

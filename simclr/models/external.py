@@ -59,8 +59,8 @@ def cifar_stem_(net: nn.Module) -> bool:
     return True
 
 
-def build_external(arch: str, in_channels: int, stem: str, explicit_stem: bool = False
-                   ) -> nn.Module:
+def build_external(arch: str, in_channels: int, stem: str, explicit_stem: bool = False,
+                   kwargs: dict | None = None) -> nn.Module:
     """A freshly initialized timm / torchvision encoder: B x in_channels x H x W -> B x D.
 
     Args:
@@ -69,13 +69,23 @@ def build_external(arch: str, in_channels: int, stem: str, explicit_stem: bool =
             keeps the model's own.
         explicit_stem: the user asked for the CIFAR stem by name: refuse a model without one
             (with ``model.stem=auto`` such a model keeps its own stem).
+        kwargs: more keyword arguments of ``timm.create_model`` / torchvision's builder
+            (``model.kwargs``: e.g. ``img_size`` and ``patch_size`` of a ViT).
     """
     package, _, name = arch.partition(":")
     module = import_package(package, arch)
-    if package == "timm":  # num_classes=0: no classifier, pooled features
-        net = module.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels)
-    else:
-        net = module.models.get_model(name, weights=None)
+    kwargs = dict(kwargs or {})
+    try:
+        if package == "timm":  # num_classes=0: no classifier, pooled features
+            net = module.create_model(name, pretrained=False, num_classes=0,
+                                      in_chans=in_channels, **kwargs)
+        else:
+            net = module.models.get_model(name, weights=None, **kwargs)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:  # a bad argument
+        raise SimCLRError(f"{package} cannot build {name} with model.kwargs={kwargs} "
+                          f"({type(e).__name__}: {first_line(e)}); fix or drop model.kwargs"
+                          ) from None
+    if package != "timm":
         _last_linear_to_identity(net, arch)
         _first_conv_channels(net, in_channels)
     if stem == "cifar" and not cifar_stem_(net) and explicit_stem:

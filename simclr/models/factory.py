@@ -32,7 +32,8 @@ def encoder_spec(m: Model, in_channels: int, image_size: int) -> dict[str, Any]:
     images (the keys an exported encoder records)."""
     return {"arch": m.arch, "width": m.width, "stem": resolve_stem(m.stem, image_size),
             "in_channels": in_channels, "shortcut": m.shortcut,
-            "zero_init_residual": m.zero_init_residual, "init": m.init}
+            "zero_init_residual": m.zero_init_residual, "init": m.init,
+            **({"kwargs": dict(m.kwargs)} if m.kwargs else {})}
 
 
 def build_encoder(spec: dict[str, Any], explicit_stem: bool = False) -> nn.Module:
@@ -55,7 +56,8 @@ def build_encoder(spec: dict[str, Any], explicit_stem: bool = False) -> nn.Modul
         return ResNet(arch, spec.get("width", 1.0), spec["stem"], spec["in_channels"],
                       spec.get("shortcut", "identity"), spec.get("zero_init_residual", False),
                       spec.get("init", "torchvision"))
-    return build_external(arch, spec["in_channels"], spec["stem"], explicit_stem)
+    return build_external(arch, spec["in_channels"], spec["stem"], explicit_stem,
+                          spec.get("kwargs"))
 
 
 def encoder_dim(encoder: nn.Module, in_channels: int, image_size: int | tuple[int, int]) -> int:
@@ -70,11 +72,12 @@ def check_encoder(m: Model, in_channels: int, image_size: int,
                   encoder: nn.Module | None = None) -> None:
     """SimCLRError now, in one line, when the encoder cannot serve these images: a given module
     is run once (:func:`~simclr.models.external.feature_dim`), a timm / torchvision one built
-    once (e.g. ``model.stem=cifar`` where it has no ResNet stem); our ResNets always build."""
+    and run once (``model.stem=cifar`` where it has no ResNet stem; a ViT at another size than
+    its own without ``model.kwargs``); our ResNets always build."""
+    if encoder is None and is_external(m.arch):
+        encoder = build_encoder(encoder_spec(m, in_channels, image_size), m.stem == "cifar")
     if encoder is not None:
         feature_dim(encoder, in_channels, image_size)
-    elif is_external(m.arch):
-        build_encoder(encoder_spec(m, in_channels, image_size), m.stem == "cifar")
 
 
 def build_model(m: Model, in_channels: int, image_size: int,
