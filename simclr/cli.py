@@ -48,7 +48,7 @@ def keys_help(width: int = 100) -> str:
 
     lines = textwrap.wrap("config overrides: --section.key=value (or --section.key value); "
                           "lists as --augment.crop_scale=0.2,1. Keys and defaults (their "
-                          "meaning: README, 'Command line'):", width)
+                          "meaning: docs/reference/config.md):", width)
     for section, values in Config().to_dict().items():
         items = " ".join(f"{k}={_text(v)}" for k, v in values.items())
         lines += textwrap.wrap(f"{section}: {items}", width, initial_indent="  ",
@@ -93,13 +93,14 @@ def _parser() -> argparse.ArgumentParser:
                          "linear,knn,kmeans)")
     ev.add_argument("--encoder", type=Path, help="evaluate this encoder.safetensors instead")
 
-    exp = command("export", "write a run's encoder in another library's key names",
-                  overrides=False)
+    exp = command("export", "write a run's encoder for use outside simclr", overrides=False)
     exp.add_argument("run_dir", type=Path, metavar="RUN", help="a run dir or encoder.safetensors")
-    exp.add_argument("--format", default="torchvision", choices=["torchvision"],
-                     help="torchvision: a state_dict for torchvision.models.resnet18/34/50")
-    exp.add_argument("--out", type=Path, help="file (default encoder_torchvision.pt beside "
-                     "the encoder)")
+    exp.add_argument("--format", default="torchvision", choices=["torchvision", "pt2"],
+                     help="torchvision: a state_dict for torchvision.models.resnet18/34/50; "
+                          "pt2: a torch.export program of the whole encoder (any architecture, "
+                          "normalization included) that runs with torch alone")
+    exp.add_argument("--out", type=Path, help="file (default encoder_torchvision.pt or "
+                     "encoder.pt2 beside the encoder)")
 
     prev = command("augment-preview", "PNG grid of images and their SimCLR views")
     prev.add_argument("--config", type=Path, help="YAML preset")
@@ -182,11 +183,15 @@ def _eval(args, overrides: list[str]) -> None:
 
 
 def _export(args, overrides: list[str]) -> None:
-    from simclr.tools.export import export_torchvision
+    from simclr.tools.export import export_program, export_torchvision
 
     _no_overrides("export", overrides)
-    path, code = export_torchvision(args.run_dir, args.out)
-    print(f"wrote {path}; load it into torchvision with:\n{code}")
+    if args.format == "pt2":
+        path, code = export_program(args.run_dir, args.out)
+        print(f"wrote {path}; run it with torch alone:\n{code}")
+    else:
+        path, code = export_torchvision(args.run_dir, args.out)
+        print(f"wrote {path}; load it into torchvision with:\n{code}")
 
 
 def _augment_preview(args, overrides: list[str]) -> None:

@@ -1,7 +1,8 @@
-"""``simclr export --format torchvision``: keys and shapes both ways against torchvision's ResNet
-naming rules (written out here from torchvision's resnet.py), outputs against a functional
-forward by those rules, the printed loading code, and (where torchvision imports) the real
-model loading the file."""
+"""``simclr export --format pt2``: the torch.export program gives `load_encoder`'s features at
+any batch size, by the printed loading code. ``--format torchvision``: keys and shapes both
+ways against torchvision's ResNet naming rules (written out here from torchvision's
+resnet.py), outputs against a functional forward by those rules, the printed loading code,
+and (where torchvision imports) the real model loading the file."""
 
 import importlib
 import math
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 import simclr
 from simclr.errors import SimCLRError
 from simclr.models.resnet import ResNet
-from simclr.tools.export import export_torchvision, from_torchvision, to_torchvision
+from simclr.tools.export import export_program, export_torchvision, from_torchvision, to_torchvision
 from tests.helpers import cli
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -163,6 +164,34 @@ def test_export_refuses_what_torchvision_cannot_hold(tmp_path):
         with pytest.raises(SimCLRError, match=match):
             export_torchvision(tmp_path)
     assert not (tmp_path / "encoder_torchvision.pt").exists()
+
+
+def test_the_pt2_program_computes_the_encoders_features_at_any_batch_size(run_dir, tmp_path):
+    out = tmp_path / "enc.pt2"
+    proc = cli("export", run_dir, "--format", "pt2", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"wrote {out}") and out.is_file()
+    enc = simclr.load_encoder(run_dir)
+    size = enc.meta["image_size"]
+    for n in (1, 5):  # exported at a batch of 2: the batch dimension is free
+        images = torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(n))
+        scope = {"images": images}
+        exec(proc.stdout.split("\n", 1)[1], scope)  # the printed lines, run as a user would
+        with torch.no_grad():
+            want = enc(images)
+        assert scope["features"].shape == (n, enc.feature_dim)
+        torch.testing.assert_close(scope["features"], want, rtol=1e-5, atol=1e-5)
+        assert not torch.equal(want, enc.encoder(images))  # normalization is inside the program
+
+
+def test_pt2_refuses_a_custom_module_and_writes_nothing(tmp_path):
+    from simclr.train.rundir import export_encoder
+    meta = {"arch": "custom", "in_channels": 3, "image_size": 8, "mean": [0.5] * 3,
+            "std": [0.2] * 3}
+    export_encoder(tmp_path / "encoder.safetensors", torch.nn.Conv2d(3, 2, 1), meta)
+    with pytest.raises(SimCLRError, match="custom module, which cannot be rebuilt"):
+        export_program(tmp_path)
+    assert not (tmp_path / "encoder.pt2").exists()
 
 
 def test_torchvision_loads_the_export_and_gives_our_features(tmp_path):

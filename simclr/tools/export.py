@@ -1,9 +1,12 @@
-"""``simclr export``: a run's encoder in another library's names. ``torchvision``: a state_dict
-for ``torchvision.models.resnet18/34/50`` (no ``fc``), and the lines that build the model it
-loads into (stem, shortcut, classifier), so nothing about the architecture is left to guess."""
+"""``simclr export``: a run's encoder for use outside simclr. ``torchvision``: a state_dict for
+``torchvision.models.resnet18/34/50`` (no ``fc``), and the lines that build the model it loads
+into (stem, shortcut, classifier), so nothing about the architecture is left to guess. ``pt2``:
+the whole encoder, normalization included, as a `torch.export` program that runs with torch
+alone (any batch size)."""
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -12,12 +15,14 @@ from torch import Tensor
 
 from simclr.config import CUSTOM
 from simclr.errors import SimCLRError
+from simclr.evaluation.encoder import load_encoder
 from simclr.models.resnet import ARCHS
 from simclr.runtime.files import atomic_write
 from simclr.train.rundir import encoder_file, read_encoder
 
-FORMATS = ("torchvision",)
+FORMATS = ("torchvision", "pt2")
 TORCHVISION_FILE = "encoder_torchvision.pt"
+PROGRAM_FILE = "encoder.pt2"
 
 _STEM = {"stem.0.": "conv1.", "stem.1.": "bn1."}  # ours -> torchvision
 
@@ -43,7 +48,7 @@ def to_torchvision(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def from_torchvision(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Inverse of :func:`to_torchvision`; a torchvision classifier (``fc.*``) is dropped."""
+    """Inverse of `to_torchvision`; a torchvision classifier (``fc.*``) is dropped."""
     stem = {tv: ours for ours, tv in _STEM.items()}
     return {_rename(k, stem, r"layer(\d+)\.(\d+)\.(.+)", -1, "stages.",
                     ("downsample.", "shortcut.")): v
@@ -90,16 +95,49 @@ def export_torchvision(run_dir_or_file: str | Path, out: str | Path | None = Non
     if arch not in ARCHS:
         kind = "a custom module" if arch == CUSTOM else arch
         raise SimCLRError(f"only our resnet18/34/50 map to torchvision's ResNet; {source} holds "
-                          f"{kind}: use its encoder.safetensors")
+                          f"{kind}: use --format pt2, or its encoder.safetensors")
     if meta["width"] != 1.0:
         raise SimCLRError(f"{source} is a {arch} of width {meta['width']:g}; torchvision's ResNet "
                           "has no width multiplier, so its weights cannot load there: use "
-                          "encoder.safetensors with simclr.load_encoder")
+                          "--format pt2, or encoder.safetensors with simclr.load_encoder")
     path = Path(out) if out is not None else source.parent / TORCHVISION_FILE
     state = to_torchvision(tensors)
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     return path, torchvision_code(meta, path)
 
 
-__all__ = ["FORMATS", "TORCHVISION_FILE", "export_torchvision", "from_torchvision",
-           "to_torchvision", "torchvision_code"]
+def export_program(run_dir_or_file: str | Path, out: str | Path | None = None
+                   ) -> tuple[Path, str]:
+    """Write a run's encoder as a `torch.export` program: float images in [0, 1]
+    (N x C x H x W, any N, the run's image size) -> features (N x D), the run's normalization
+    inside. It loads with ``torch.export.load(path).module()``, no simclr needed.
+
+    Returns:
+        The file written (default ``encoder.pt2`` beside the encoder) and the code that loads it.
+    """
+    source = encoder_file(run_dir_or_file)
+    _, meta = read_encoder(source)
+    if meta["arch"] == CUSTOM:
+        raise SimCLRError(f"{source} holds a custom module, which cannot be rebuilt from its "
+                          "file: export it in Python with torch.export.export(simclr."
+                          "load_encoder(run, encoder=module), (images,))")
+    encoder = load_encoder(source)
+    c, size = meta["in_channels"], meta["image_size"]
+    example = torch.zeros(2, c, size, size)
+    batch = torch.export.Dim("batch", min=1)
+    with torch.no_grad():
+        program = torch.export.export(encoder, (example,), dynamic_shapes=({0: batch},))
+    path = Path(out) if out is not None else source.parent / PROGRAM_FILE
+    buffer = io.BytesIO()  # torch names a .pt2 by its suffix; the temporary file has none
+    torch.export.save(program, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+    code = "\n".join([
+        "import torch",
+        f"encoder = torch.export.load({str(path)!r}).module()",
+        f"features = encoder(images)  # images: float in [0, 1], N x {c} x {size} x {size} -> "
+        f"N x {encoder.feature_dim}"])
+    return path, code
+
+
+__all__ = ["FORMATS", "PROGRAM_FILE", "TORCHVISION_FILE", "export_program", "export_torchvision",
+           "from_torchvision", "to_torchvision", "torchvision_code"]
