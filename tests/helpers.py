@@ -117,3 +117,19 @@ def blobs(n: int, classes: int, dim: int, spread: float, seed: int):
     labels = torch.arange(n) % classes
     labels = labels[torch.randperm(n, generator=g)]
     return means[labels] + torch.randn(n, dim, generator=g), labels
+
+
+def two_rank_shards(z: torch.Tensor, views: int, n: int) -> list[torch.Tensor]:
+    """A view-major global batch of 2 ranks x ``n`` images -> each rank's view-major rows."""
+    per_view = z.view(views, 2 * n, -1)
+    return [per_view[:, r * n:(r + 1) * n].reshape(views * n, -1) for r in range(2)]
+
+
+def second_rank_gather(shards: list[torch.Tensor], rank: int, views: int, n: int):
+    """A stand-in for ``gather_with_grad`` on ``rank`` of 2, as the multi-view losses call it:
+    the N x (V D) normalized rows it is given, with the other rank's before (rank 1) or after
+    (rank 0) them."""
+    other = torch.nn.functional.normalize(shards[1 - rank], dim=1).view(views, n, -1)
+    other = other.transpose(0, 1).reshape(n, -1)
+    return lambda m: torch.cat([m, other] if rank == 0 else [other, m])
+

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from simclr.train.loss import _nmf_weights, contrastive_loss, decoupled_loss
+from tests.helpers import second_rank_gather, two_rank_shards
 
 
 def reference_anchors(z: torch.Tensor, views: int, t: float, labels=None, sigma=None,
@@ -88,16 +89,10 @@ def test_uniform_similarity_gives_log_v_times_m_minus_1(views, n, sigma):
 def test_gather_of_a_second_rank_gives_that_ranks_share_of_the_global_loss(views, sigma):
     n, t = 4, 0.4
     z = randn(views * 2 * n, 6, seed=views)  # view-major global batch of 2 ranks x n images
-    per_view = z.view(views, 2 * n, -1)
-    shard = [per_view[:, r * n:(r + 1) * n].reshape(views * n, -1) for r in range(2)]
-
-    def rows(x):  # what decoupled_loss gathers: N x (V D) normalized rows
-        return F.normalize(x, dim=1).view(views, n, -1).transpose(0, 1).reshape(n, -1)
+    shard = two_rank_shards(z, views, n)
 
     def gather_on(r):
-        """Rank r's gather: its own rows before (rank 0) or after (rank 1) the other rank's."""
-        other = rows(shard[1 - r])
-        return lambda m: torch.cat([m, other] if r == 0 else [other, m])
+        return second_rank_gather(shard, r, views, n)
 
     loss = [decoupled_loss(shard[r], views, t, rank=r, gather=gather_on(r), sigma=sigma)
             for r in range(2)]

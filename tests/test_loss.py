@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from simclr.train.loss import multi_nt_xent, nt_xent
+from tests.helpers import second_rank_gather, two_rank_shards
 
 
 def algorithm1(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:
@@ -211,16 +212,10 @@ def test_multi_view_gather_identity_is_one_process():
 def test_multi_view_gather_of_a_second_rank_gives_that_ranks_share_of_the_global_loss():
     views, n, t = 3, 4, 0.5
     z = randn(views * 2 * n, 8, seed=4)  # view-major global batch of 2 ranks x n images
-    per_view = z.view(views, 2 * n, -1)
-    shard = [per_view[:, r * n:(r + 1) * n].reshape(views * n, -1) for r in range(2)]
-
-    def rows(x):  # what multi_nt_xent gathers: N x (V D) normalized rows
-        return F.normalize(x, dim=1).view(views, n, -1).transpose(0, 1).reshape(n, -1)
+    shard = two_rank_shards(z, views, n)
 
     def gather_on(r):
-        """Rank r's gather: its own rows before (rank 0) or after (rank 1) the other rank's."""
-        other = rows(shard[1 - r])
-        return lambda m: torch.cat([m, other] if r == 0 else [other, m])
+        return second_rank_gather(shard, r, views, n)
 
     loss = [multi_nt_xent(shard[r], views, t, rank=r, gather=gather_on(r)) for r in range(2)]
     # the per-anchor reference over the global batch, averaged over each rank's anchors

@@ -1,6 +1,6 @@
 """Crop geometry and resampling for the random resized crop, as pure functions: per-sample
 boxes from uniforms, the bilinear sampling grid, and tf's bicubic (Keys a = -0.5) resampling of
-each box. :func:`simclr.augment.ops.random_resized_crop` draws the uniforms and calls them."""
+each box. `simclr.augment.ops.random_resized_crop` draws the uniforms and calls them."""
 
 from __future__ import annotations
 

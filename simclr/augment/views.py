@@ -1,6 +1,6 @@
 """Views of several sizes (multi-crop): the groups of ``augment.views`` resolved for the data and
-made batched on the device, one :func:`~simclr.augment.ops.simclr_augment` call per group; and
-the view-size schedule (small views early, full-size late: :func:`size_scale`)."""
+made batched on the device, one `simclr_augment` call per group; and
+the view-size schedule (small views early, full-size late: `size_scale`)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def view_groups(cfg: Augment, hw: tuple[int, int], scale: float = 1.0
 
     A size <= 1 is a fraction of the image side (1 = the images' own H x W), > 1 pixels; a
     group without its own crop scale takes ``cfg.crop_scale``. ``scale`` (of
-    :func:`size_scale`) multiplies every side, rounded to whole pixels (at least 1).
+    `size_scale`) multiplies every side, rounded to whole pixels (at least 1).
     """
     out = []
     for group in cfg.views:
@@ -64,14 +64,14 @@ def make_views(x: torch.Tensor, cfg: Augment, mean: Stats, std: Stats,
                generator: torch.Generator, scale: float = 1.0) -> list[torch.Tensor]:
     """Every view of each image the groups of ``cfg.views`` ask for, batched on x's device.
 
-    Each group is one :func:`simclr_augment` call on the batch repeated ``count`` times (its
+    Each group is one `simclr_augment` call on the batch repeated ``count`` times (its
     own size and crop scale), in the order of ``cfg.views``, all drawing from ``generator``.
     Groups of one size are then joined, so the encoder runs once per size. The default
-    ``[[2, 1]]`` is exactly :func:`two_views` (the same call, the same draws).
+    ``[[2, 1]]`` is exactly `two_views` (the same call, the same draws).
 
     Args:
         x: B x C x H x W uint8 (or float in [0, 1]).
-        scale: every view's side x this (:func:`size_scale`).
+        scale: every view's side x this (`size_scale`).
 
     Returns:
         One tensor per distinct output size, in order of first appearance, each

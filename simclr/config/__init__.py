@@ -1,6 +1,6 @@
-"""The one config: its schema (:mod:`~simclr.config.schema`), YAML and command-line values
-(:mod:`~simclr.config.yamlio`), and building plus checking it (:mod:`~simclr.config.build`).
-The bottom layer with :mod:`simclr.errors` and :mod:`simclr.runtime`: light (no torch), so
+"""The one config: its schema (`schema`), YAML and command-line values
+(`yamlio`), and building plus checking it (`build`).
+The bottom layer with `simclr.errors` and `simclr.runtime`: light (no torch), so
 ``simclr --help`` and a mistyped key stay fast.
 """
 

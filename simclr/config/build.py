@@ -1,7 +1,7 @@
 """Building a config: defaults <- a saved mapping <- a YAML preset <- ``--section.key=value``
 overrides, every key checked against the fields of its section and every value against its
-type (:func:`~simclr.config.yamlio.coerce`), then :func:`validate`: settings that cannot work
-are refused, each with the fix. A mistake is a :class:`SimCLRError` naming the key and the
+type (`coerce`), then `validate`: settings that cannot work
+are refused, each with the fix. A mistake is a `SimCLRError` naming the key and the
 valid choices. Nothing here imports torch (only a ``timm:`` / ``torchvision:`` arch imports
 that package), so a typo fails in a fraction of a second.
 
@@ -118,7 +118,7 @@ def _fill_optim(cfg: Config) -> None:
 def check_model_arch(m) -> None:
     """SimCLRError unless ``model.arch`` (of a ``Model`` section) is one of our ResNets,
     ``timm:<name>`` / ``torchvision:<name>`` (the package must import and know the name,
-    :mod:`simclr.config.packages`) or ``custom`` (a module given to the Python API); our
+    `simclr.config.packages`) or ``custom`` (a module given to the Python API); our
     ResNets' own keys are refused for the others."""
     if m.arch in RESNETS:
         if m.kwargs:
@@ -142,7 +142,7 @@ def check_model_arch(m) -> None:
 
 
 def views_checks(groups: tuple[tuple[int | float, ...], ...]) -> list[tuple[bool, str]]:
-    """``(ok, message)`` checks of ``augment.views`` for :func:`validate`."""
+    """``(ok, message)`` checks of ``augment.views`` for `validate`."""
     def good(g: tuple[int | float, ...]) -> bool:
         return (len(g) in (2, 4) and float(g[0]).is_integer() and g[0] >= 1 and g[1] > 0
                 and (g[1] <= 1 or float(g[1]).is_integer())
@@ -161,7 +161,7 @@ def views_checks(groups: tuple[tuple[int | float, ...], ...]) -> list[tuple[bool
 def validate(cfg: Config) -> None:
     """Refuse settings that cannot work, each with the fix; in place, spell every choice as
     the schema does and fill the optimizer's lr and weight decay where unset
-    (:data:`~simclr.config.schema.OPTIM_DEFAULTS`)."""
+    (`OPTIM_DEFAULTS`)."""
     _resolve_choices(cfg)
     _fill_optim(cfg)
     check_model_arch(cfg.model)

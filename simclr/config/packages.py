@@ -1,7 +1,7 @@
 """The model zoos ``model.arch`` may name, ``timm:<name>`` and ``torchvision:<name>``: neither is
 a dependency, each is imported only when an arch names it, and a missing or broken one (or a
-name it does not know) is a one-line :class:`SimCLRError` with the fix. A config value's check,
-so it sits with the config; :mod:`simclr.models.external` builds the models."""
+name it does not know) is a one-line `SimCLRError` with the fix. A config value's check,
+so it sits with the config; `simclr.models.external` builds the models."""
 
 from __future__ import annotations
 

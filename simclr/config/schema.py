@@ -1,7 +1,7 @@
 """The config's schema: one dataclass per section, every key with its type and default.
 
-Keys with a fixed set of values are typed with a ``Literal`` of them (:data:`DatasetName`,
-:data:`OptimName`, ...): the schema is where each set of choices is written, the registries of
+Keys with a fixed set of values are typed with a ``Literal`` of them (`DatasetName`,
+`OptimName`, ...): the schema is where each set of choices is written, the registries of
 the layers that implement them (``simclr.data.datasets.DATASETS``,
 ``simclr.train.optim.OPTIMIZERS``, ...) hold exactly those keys (a test checks it), and a value
 outside the set is refused when it is set, with the choices and the closest one.
@@ -42,15 +42,15 @@ class Data:
 class Augment:
     crop_scale: tuple[float, float] = (0.08, 1.0)  # area fraction of the random resized crop
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio range of the crop
-    flip_p: float = 0.5
+    flip_p: float = 0.5  # probability of a horizontal flip
     jitter_strength: float = 0.5  # s: brightness/contrast/saturation 0.8s, hue 0.2s
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
+    jitter_p: float = 0.8  # probability of color jitter (random order of its four ops)
+    gray_p: float = 0.2  # probability of grayscale
     blur_p: float | None = None  # None: 0.5 above 32 px, off at <= 32 px (the reference)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # blur sigma range, pixels (kernel ~ side/10)
     crop_interpolation: Interpolation = "bilinear"  # bicubic: the reference (Keys a=-0.5)
     mean: tuple[float, ...] | None = None  # per-channel; None -> measured on the training data
-    std: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None  # per-channel; None -> measured on the training data
     # view groups [count, size] or [count, size, scale_lo, scale_hi]: size <= 1 is a fraction
     # of the image side, > 1 pixels; the crop scale defaults to crop_scale
     views: tuple[tuple[int | float, ...], ...] = ((2, 1),)
@@ -58,8 +58,8 @@ class Augment:
     # size and grow to it over the part size_ramp of the run (fractions of its steps), pixel by
     # pixel, or in size_stages equal stages (0: pixel by pixel); size_start 1 = no schedule
     size_start: float = 1.0
-    size_ramp: tuple[float, float] = (0.0, 1.0)
-    size_stages: int = 0
+    size_ramp: tuple[float, float] = (0.0, 1.0)  # the part of the run's steps the size grows over
+    size_stages: int = 0  # grow in this many equal stages; 0 = pixel by pixel
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Model:
     stem: Stem = "auto"  # cifar (3x3, no max-pool) | imagenet | auto (cifar for <= 64 px)
     proj_layers: int = 2  # linear layers in the projection head
     proj_hidden: int = 0  # hidden width; 0 = the encoder's feature dim
-    proj_dim: int = 128
+    proj_dim: int = 128  # output dim z of the head, where the loss is computed
     proj_bn: bool = False  # BatchNorm after each hidden linear layer of the head
     proj_bn_last: bool = False  # BatchNorm (scale only) on the output layer too, no bias there
     shortcut: Shortcut = "identity"  # a stage's first block when the shapes already match
@@ -84,7 +84,7 @@ class Model:
 @dataclass
 class Loss:
     name: LossName = "ntxent"  # ntxent | dcl | dclw: decoupled (Yeh et al. 2022), w: weighted
-    temperature: float = 0.5
+    temperature: float = 0.5  # T: similarities are cosine / T
     scale: float = 1.0  # the optimizer minimizes scale x the logged per-view mean (2 = the tf ref)
     supervised: bool = False  # SupCon: every view of an image with the same label is a positive
     dclw_sigma: float = 0.5  # dclw: the von Mises-Fisher weight's sigma (the paper's 0.5)
@@ -92,28 +92,29 @@ class Loss:
 
 @dataclass
 class Optim:
-    name: OptimName = "lars"
+    name: OptimName = "lars"  # lars (the reference) | sgd | adam (AdamW)
     lr: float | None = None  # base lr, scaled by lr_scaling; None: OPTIM_DEFAULTS[name]
     lr_scaling: LrScaling = "linear"  # linear (lr x B/256) | sqrt (lr x sqrt(B), the ref) | none
     weight_decay: float | None = None  # None: OPTIM_DEFAULTS[name]
-    momentum: float = 0.9
-    nesterov: bool = False
+    momentum: float = 0.9  # lars / sgd momentum; adam's beta1
+    nesterov: bool = False  # sgd: Nesterov momentum
     eta: float = 1e-3  # LARS trust coefficient
-    warmup_epochs: float = 10.0
+    warmup_epochs: float = 10.0  # linear warmup from 0, then cosine decay to 0, per step
     clip_grad_norm: float = 0.0  # 0 = off
 
 
 @dataclass
 class Train:
     batch_size: int = 512  # global batch (images; each gives two views)
-    epochs: int = 100
+    epochs: int = 100  # passes over the training split
     max_steps: int = 0  # stop after this global step (schedule unchanged); 0 = no limit
     step_rule: StepRule = "epochs"  # E x N//B steps | reference: N x E // B + 1 (the tf ref)
-    seed: int = 0
+    seed: int = 0  # every random draw is a pure function of it (and the epoch / step)
     device: str = "auto"  # auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps
+    # auto: bf16 where the device computes it natively, fp16 on older CUDA GPUs, else fp32
     precision: Precision = "auto"
-    channels_last: bool = True
-    compile: bool = False
+    channels_last: bool = True  # NHWC memory layout for the convolutions
+    compile: bool = False  # torch.compile the model
     log_every: int = 50  # steps per metrics.jsonl window line
     checkpoint_every: int = 0  # also checkpoint every N steps inside epochs; 0 = epoch ends only
     progress: bool = True  # tqdm progress bar
@@ -124,8 +125,8 @@ class Train:
 @dataclass
 class Eval:
     every: int = -1  # online kNN monitor every N epochs of pretraining; -1 = 4 times a run; 0 = off
-    knn_k: int = 200
-    knn_temperature: float = 0.1
+    knn_k: int = 200  # kNN protocol: neighbors that vote
+    knn_temperature: float = 0.1  # kNN protocol: votes weighted exp(cosine / T)
     kmeans_init: int = 10  # k-means restarts (the best inertia is kept)
     batch_size: int = 512  # feature extraction batch
     subset: int = 0  # first N labeled train images for probe / kNN bank; 0 = all
@@ -138,17 +139,17 @@ class Probe:
     val_fraction: float = 0.1  # stratified part of the train split that chooses weight decay
     split: float = 0.0  # > 0: train on this fraction of the train split, test on the rest
     sgd_epochs: int = 100  # linear_sgd protocol (the tf reference's linear eval) ...
-    sgd_batch_size: int = 512
+    sgd_batch_size: int = 512  # linear_sgd protocol batch
     sgd_lr: float = 0.1  # x B/256; SGD Nesterov momentum 0.9, cosine, no weight decay
 
 
 @dataclass
 class Finetune:
     labels: float = 0.1  # fraction of the labeled train split used (stratified)
-    epochs: int = 30
+    epochs: int = 30  # fine-tuning epochs over the labeled fraction
     lr: float = 0.05  # SGD, momentum 0.9, cosine, lr x B/256
-    weight_decay: float = 5e-4
-    batch_size: int = 256
+    weight_decay: float = 5e-4  # fine-tuning SGD weight decay
+    batch_size: int = 256  # fine-tuning batch
 
 
 @dataclass

@@ -2,9 +2,9 @@
 (resized when asked), the training split of a config, and the images' channel statistics.
 
 Every dataset gives ``(images, labels)``: uint8 ``N x C x H x W`` (contiguous, CPU) and int64
-``N`` labels, -1 meaning unlabeled (:mod:`simclr.data.readers`, :mod:`simclr.data.folder`).
+``N`` labels, -1 meaning unlabeled (`simclr.data.readers`, `simclr.data.folder`).
 The registry's keys are the schema's ``data.name`` choices
-(:data:`simclr.config.schema.DatasetName`).
+(`simclr.config.schema.DatasetName`).
 """
 
 from __future__ import annotations
@@ -93,9 +93,9 @@ def load_split(name: str, split: str = "train", root: str | Path | None = None,
     """One split of a dataset as (uint8 N x C x H x W contiguous CPU, int64 N; -1 = unlabeled).
 
     Args:
-        name: a key of :data:`DATASETS`.
+        name: a key of `DATASETS`.
         split: one of the dataset's ``splits`` (STL-10 also ``unlabeled``, ``train+unlabeled``).
-        root: the data folder; None -> :func:`default_root`.
+        root: the data folder; None -> `default_root`.
         download: fetch missing official files (md5-checked).
         image_size: resize to this side; 0 keeps the native size.
     """
@@ -116,7 +116,7 @@ def load_split(name: str, split: str = "train", root: str | Path | None = None,
 
 
 def load_train(cfg: Data) -> tuple[Tensor, Tensor]:
-    """The training images of a :class:`~simclr.config.Data` config, ``subset`` applied."""
+    """The training images of a `Data` config, ``subset`` applied."""
     images, labels = load_split(cfg.name, cfg.split, cfg.root, cfg.download, cfg.image_size)
     if cfg.subset:
         if cfg.subset > len(images):

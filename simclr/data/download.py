@@ -2,15 +2,15 @@
 
 Everything here treats files as untrusted input:
 
-- :func:`download` streams to ``FILE.part``, checks the md5 and renames; a failure leaves
+- `download` streams to ``FILE.part``, checks the md5 and renames; a failure leaves
   neither a partial file nor a ``.part`` behind.
-- :func:`safe_extract` and :func:`read_tar_members` refuse archive members that could write
+- `safe_extract` and `read_tar_members` refuse archive members that could write
   outside their folder (absolute paths, ``..``, links leading out, device files).
-- :func:`simclr.data.unpickle.restricted_load` (re-exported here) unpickles the CIFAR python-2
+- `simclr.data.unpickle.restricted_load` (re-exported here) unpickles the CIFAR python-2
   batches without being able to run code.
-- :func:`check_memory` refuses, before allocating, to load more than the available memory.
+- `check_memory` refuses, before allocating, to load more than the available memory.
 
-Every problem a user can fix is a :class:`SimCLRError` with one line naming the fix.
+Every problem a user can fix is a `SimCLRError` with one line naming the fix.
 
 Environment: ``SIMCLR_MIRROR`` (a base URL such as ``https://mirror.example/data/`` or
 ``file:///srv/datasets/``) fetches every official file as ``$SIMCLR_MIRROR/<filename>``
@@ -185,12 +185,12 @@ def _present(folder: Path, resource: Resource) -> bool:
 def ensure_files(name: str, root: str | Path, download: bool = True) -> Path:
     """The folder holding dataset ``name``'s files, downloading what is missing.
 
-    Files already in ``root`` (or a subfolder of :func:`candidate_folders`) are used as
+    Files already in ``root`` (or a subfolder of `candidate_folders`) are used as
     they are: the readers check their format, not their md5, so recompressed copies (Debian's
     Fashion-MNIST) work. Files we download are md5-checked.
 
     Args:
-        name: a key of :data:`RESOURCES`.
+        name: a key of `RESOURCES`.
         root: the data folder.
         download: fetch missing files; if False a missing file is an error naming it.
     """
@@ -342,7 +342,7 @@ def safe_extract(tar_path: str | Path, dest: str | Path) -> Path:
 def read_tar_members(tar_path: str | Path, names: list[str]) -> dict[str, bytes]:
     """Read the named regular files of a tar archive into memory, extracting nothing.
 
-    All members are checked as in :func:`safe_extract`, so an unsafe archive is refused.
+    All members are checked as in `safe_extract`, so an unsafe archive is refused.
 
     Args:
         tar_path: a ``.tar``, ``.tar.gz`` or similar archive.

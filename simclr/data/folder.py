@@ -3,12 +3,12 @@
 Layout: ``root/<class>/**/*.png`` (label = index of the class folder in sorted order) or flat
 ``root/*.png`` (labels -1); a root with both ``train/`` and ``test/`` subfolders gives those two
 splits, class indices taken from the sorted union of their class folders. Hidden files and
-folders are skipped. :func:`list_folder` gives the files and labels without decoding them
-(the streaming loader, :mod:`simclr.data.stream`, reads them one by one).
+folders are skipped. `list_folder` gives the files and labels without decoding them
+(the streaming loader, `simclr.data.stream`, reads them one by one).
 
 Images are decoded to RGB, always (grayscale ones are replicated to 3 channels, so a folder
 gives one shape), center-cropped to a square and resized (bicubic) to ``image_size``, which is
-:data:`FOLDER_DEFAULT_SIZE` when 0, by :func:`decode_image`, the one decoder of both the
+`FOLDER_DEFAULT_SIZE` when 0, by `decode_image`, the one decoder of both the
 in-memory and the streaming path. Unreadable files (corrupt, truncated, not images,
 decompression bombs) are skipped with a warning naming them; none readable is a SimCLRError,
 and so is a folder whose decoded images would not fit in the available memory. The result is
@@ -135,10 +135,10 @@ def list_folder(root: str | Path, split: str = "train",
                 probe: bool = True) -> tuple[list[Path], list[int], list[str]]:
     """The image files of one split without decoding them: (files, labels, classes).
 
-    In the order and with the labels of :func:`read_folder` (-1 when flat). With ``probe``,
+    In the order and with the labels of `read_folder` (-1 when flat). With ``probe``,
     files whose header Pillow cannot read as an image (not images, decompression bombs) are
-    left out with the same warning as :func:`read_folder`; a file with a valid header but
-    corrupt data is only found when decoded (:mod:`simclr.data.stream` raises on it).
+    left out with the same warning as `read_folder`; a file with a valid header but
+    corrupt data is only found when decoded (`simclr.data.stream` raises on it).
     """
     base, classes, files = _listing(Path(root), split)
     if probe:

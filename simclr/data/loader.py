@@ -1,7 +1,7 @@
 """The batch order every loader shares: a shuffle that is a pure function of (seed, epoch),
 global batches that drop the last incomplete one, and each rank's contiguous slice of them.
 
-:class:`TensorLoader` serves tensors already in memory; :class:`simclr.data.stream.StreamLoader`
+`TensorLoader` serves tensors already in memory; `simclr.data.stream.StreamLoader`
 decodes files in this same order, so both give the same batches and a run may resume either way.
 """
 
@@ -53,7 +53,7 @@ def rank_batches(perm: Tensor, batch_size: int, rank: int, world_size: int,
 
 def batch_labels(loader, labels: Tensor, epoch: int, start: int = 0) -> Iterator[Tensor]:
     """The labels of the images ``loader.batches(epoch, start)`` yields, batch by batch in the
-    same order (``loader``: a :class:`TensorLoader` or a ``StreamLoader``; ``labels``: N)."""
+    same order (``loader``: a `TensorLoader` or a ``StreamLoader``; ``labels``: N)."""
     perm = loader.permutation(epoch)
     labels = labels.to(perm.device)
     for idx in rank_batches(perm, loader.batch_size, loader.rank, loader.world_size, start):

@@ -11,7 +11,7 @@ Formats:
     stl10: ``stl10_binary/`` (or its tar.gz); each image channel-major with every channel
         stored column-major, hence the transpose of the last two axes; labels 1..10 -> 0..9.
     fashion_mnist, mnist: IDX files, gz or raw; images N x 1 x 28 x 28.
-    folder: a folder of images (:mod:`simclr.data.folder`).
+    folder: a folder of images (`simclr.data.folder`).
 """
 
 from __future__ import annotations

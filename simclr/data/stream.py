@@ -1,20 +1,20 @@
 """Image folders too large for the device, streamed: decode + resize in DataLoader workers.
 
-:class:`StreamLoader` has the interface and the batch order of
-:class:`simclr.data.loader.TensorLoader` (same permutation of ``(seed, epoch)``, same rank
+`StreamLoader` has the interface and the batch order of
+`simclr.data.loader.TensorLoader` (same permutation of ``(seed, epoch)``, same rank
 slices, drop-last), but holds only the file list: each batch is decoded by
-:func:`simclr.data.folder.decode_image` (the in-memory reader's own decoder, so both paths give
+`simclr.data.folder.decode_image` (the in-memory reader's own decoder, so both paths give
 identical uint8 images) in ``workers`` processes, collated to a contiguous uint8 ``B x 3 x S x
 S`` tensor, pinned when the device is CUDA, and copied with ``non_blocking``. Augmentation stays
 batched on the device, as for in-memory data.
 
-Unreadable files: :func:`simclr.data.folder.list_folder` leaves out, with a warning, every file
+Unreadable files: `simclr.data.folder.list_folder` leaves out, with a warning, every file
 whose header Pillow cannot read (not images, decompression bombs), as the in-memory reader skips
 them. A file whose header is valid but whose data is corrupt (truncated) is found only when
 decoded; it cannot be skipped without changing the batch order, so it stops the run with a
 SimCLRError naming it (the in-memory path would have skipped it at load time).
 
-:func:`fits_in_memory` decides whether a folder can be loaded whole instead.
+`fits_in_memory` decides whether a folder can be loaded whole instead.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def fits_in_memory(n_files: int, image_size: int, channels: int = 3,
     ``safety`` x their bytes must fit in the available host memory (Linux MemAvailable: the
     in-memory reader decodes there and holds about three copies at its peak) and, for a CUDA
     device, in its free memory too (the rest is for the model's activations). Unknown
-    available memory counts as enough. ``image_size`` 0 means :data:`FOLDER_DEFAULT_SIZE`.
+    available memory counts as enough. ``image_size`` 0 means `FOLDER_DEFAULT_SIZE`.
     """
     size = image_size or FOLDER_DEFAULT_SIZE
     need = n_files * channels * size * size * safety
@@ -94,17 +94,17 @@ class _Plan(Sampler):
 
 
 class StreamLoader:
-    """Shuffled batches of image files, decoded on the fly: :class:`TensorLoader`'s batches.
+    """Shuffled batches of image files, decoded on the fly: `TensorLoader`'s batches.
 
-    Each epoch is :func:`epoch_permutation` of ``(seed, epoch)`` (drawn on the CPU); batches
+    Each epoch is `epoch_permutation` of ``(seed, epoch)`` (drawn on the CPU); batches
     drop the last incomplete one; under DDP each rank decodes only its contiguous
-    ``batch_size // world_size`` slice of each global batch. One :meth:`batches` (or
-    :meth:`chunks`) pass runs at a time per loader: starting another ends the previous one.
+    ``batch_size // world_size`` slice of each global batch. One `batches` (or
+    `chunks`) pass runs at a time per loader: starting another ends the previous one.
 
     Args:
-        files: image files, in the reader's order (:func:`simclr.data.folder.list_folder`).
+        files: image files, in the reader's order (`simclr.data.folder.list_folder`).
         labels: their int labels (-1 = unlabeled), or None; kept as ``self.labels``.
-        image_size: side S of the decoded images; 0 = :data:`FOLDER_DEFAULT_SIZE`.
+        image_size: side S of the decoded images; 0 = `FOLDER_DEFAULT_SIZE`.
         batch_size: the global batch, divisible by ``world_size``.
         seed: the run's seed.
         rank: this process's rank.
@@ -143,7 +143,7 @@ class StreamLoader:
     @classmethod
     def from_folder(cls, root: str | Path, split: str, image_size: int, batch_size: int,
                     seed: int, subset: int = 0, **kwargs) -> StreamLoader:
-        """A loader over :func:`~simclr.data.folder.list_folder` (``subset``: the first files)."""
+        """A loader over `list_folder` (``subset``: the first files)."""
         files, labels, _ = list_folder(root, split)
         if subset:
             if subset > len(files):
@@ -161,7 +161,7 @@ class StreamLoader:
         return self.channels, self.image_size, self.image_size
 
     def permutation(self, epoch: int) -> Tensor:
-        """int64 N: :func:`epoch_permutation` on ``device``, as TensorLoader's on its device."""
+        """int64 N: `epoch_permutation` on ``device``, as TensorLoader's on its device."""
         return epoch_permutation(len(self.files), self.seed, epoch, self.device)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[Tensor]:

@@ -21,7 +21,7 @@ class _Stub:
     """What the unpickler builds instead of a numpy dtype or array, until BUILD gives its state.
 
     numpy's own ``__setstate__`` is never run on untrusted state (damaged states can leave
-    arrays that crash the interpreter); :meth:`build` checks the state and makes a fresh one.
+    arrays that crash the interpreter); `build` checks the state and makes a fresh one.
     """
 
     def __init__(self, kind: str, descr: Any = None) -> None:

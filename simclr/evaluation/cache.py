@@ -28,7 +28,7 @@ def _digest(tensors: list[tuple[str, Tensor]]) -> str:
 
 def model_digest(enc: nn.Module) -> str:
     """Identity of a module's numbers: the digest of its state (weights, BatchNorm statistics,
-    and for a :class:`NormalizedEncoder` its mean/std)."""
+    and for a `NormalizedEncoder` its mean/std)."""
     return _digest(sorted(enc.state_dict().items()))
 
 
@@ -37,7 +37,7 @@ def features(enc: NormalizedEncoder, data: dict, cfg: Config, device: torch.devi
     """Train/test features of the frozen encoder, cached as safetensors in ``cache_dir``.
 
     A cache file is keyed by everything that changes the features: the encoder's state
-    (:func:`model_digest`), the images themselves, the precision and the device type.
+    (`model_digest`), the images themselves, the precision and the device type.
     """
     out = {}
     digest = model_digest(enc) if cache_dir is not None else None

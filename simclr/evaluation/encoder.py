@@ -1,6 +1,6 @@
-"""A run's encoder as a module for downstream use: :func:`load_encoder` rebuilds it from an
+"""A run's encoder as a module for downstream use: `load_encoder` rebuilds it from an
 exported ``encoder.safetensors`` (through the one encoder factory) as a
-:class:`NormalizedEncoder`, which applies the run's normalization itself."""
+`NormalizedEncoder`, which applies the run's normalization itself."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class NormalizedEncoder(nn.Module):
 
 def load_encoder(run_dir_or_file: str | Path,
                  encoder: nn.Module | None = None) -> NormalizedEncoder:
-    """The encoder of a run dir (or an ``encoder.safetensors``) as a :class:`NormalizedEncoder`
+    """The encoder of a run dir (or an ``encoder.safetensors``) as a `NormalizedEncoder`
     in eval mode.
 
     Our ResNets and timm / torchvision encoders (with that package installed) are rebuilt

@@ -2,12 +2,12 @@
 ``finetune``, never as linear evaluation.
 
 It runs on pretraining's machinery: the loader and its batch labels
-(:mod:`simclr.data.loader`), the views (:func:`~simclr.augment.ops.simclr_augment`, crop + flip),
-the lr schedule and parameter groups (:mod:`simclr.train.optim`), autocast and the optimizer
-step with its GradScaler (:func:`~simclr.train.step.optimizer_step`). What it does not share is
-pretraining's loop (:func:`simclr.train.loop.train`), which is a run's: metrics, checkpoints,
+(`simclr.data.loader`), the views (`simclr_augment`, crop + flip),
+the lr schedule and parameter groups (`simclr.train.optim`), autocast and the optimizer
+step with its GradScaler (`optimizer_step`). What it does not share is
+pretraining's loop (`simclr.train.loop.train`), which is a run's: metrics, checkpoints,
 resume, the kNN monitor, processes. A fine-tune is a few epochs in memory inside ``simclr eval``,
-so its loop is the 10 lines of :func:`train_classifier`.
+so its loop is the 10 lines of `train_classifier`.
 """
 
 from __future__ import annotations
@@ -90,10 +90,10 @@ def train_classifier(enc, x: Tensor, y: Tensor, classes: int, cfg: C.Config,
 def finetune(enc, data: dict[str, tuple[Tensor, Tensor]], cfg: C.Config, device: torch.device,
              precision: str, log=print) -> dict[str, Any]:
     """Train a copy of ``enc.encoder`` plus a linear head on ``finetune.labels`` of the labeled
-    train split (:func:`train_classifier`), then report top-1 on the test split once.
+    train split (`train_classifier`), then report top-1 on the test split once.
 
     Args:
-        enc: a :class:`simclr.evaluation.encoder.NormalizedEncoder`.
+        enc: a `simclr.evaluation.encoder.NormalizedEncoder`.
         data: ``{"train": (uint8 images, labels), "test": (...)}``.
     """
     f = cfg.finetune

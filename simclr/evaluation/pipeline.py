@@ -1,9 +1,9 @@
 """The one evaluation pipeline: a model's frozen features (cached when asked) -> the feature
-protocols, then fine-tuning. :func:`evaluate_encoder` runs it on any module;
-:func:`evaluate` loads a run's encoder (:func:`~simclr.evaluation.encoder.load_encoder`), runs
+protocols, then fine-tuning. `evaluate_encoder` runs it on any module;
+`evaluate` loads a run's encoder (`load_encoder`), runs
 the same pipeline on it and on its baselines, and adds the results to the run's ``eval.json``.
-The protocol math lives in :mod:`simclr.evaluation.protocols` and
-:mod:`simclr.evaluation.clustering`."""
+The protocol math lives in `simclr.evaluation.protocols` and
+`simclr.evaluation.clustering`."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def evaluate_models(models: list[tuple[str, NormalizedEncoder | None]], data: di
 def _check_data(data: Any) -> dict[str, tuple[Tensor, Tensor]]:
     """``{"train": (images, labels), "test": (images, labels)}`` with one image shape and
     integer labels, one per image; images as
-    :func:`~simclr.evaluation.features.check_images` wants."""
+    `check_images` wants."""
     if not isinstance(data, dict) or set(data) != {"train", "test"}:
         raise SimCLRError("data must be a Config, a Data section, or {'train': (images, labels), "
                           "'test': (images, labels)}")
@@ -142,7 +142,7 @@ def evaluate_encoder(encoder: nn.Module, data: C.Config | C.Data | dict,
         encoder: a module from B x C x H x W floats to B x D (outputs with more dims are
             flattened). It is fed images in [0, 1], ``(x - mean) / std`` when those are given.
             It is moved to the device of ``train.device``.
-        data: a :class:`~simclr.config.Config` (its ``data`` section names the dataset, its
+        data: a `Config` (its ``data`` section names the dataset, its
             ``eval``/``probe``/``finetune`` sections the settings), a ``Data`` section, or
             ``{"train": (images, labels), "test": (images, labels)}`` with images N x C x H x W
             uint8 (divided by 255) or float in [0, 1] (anything else is refused).
@@ -191,7 +191,7 @@ def evaluate(run_dir: str | Path | None = None, protocols: list[str] | tuple = (
              write: bool = True, log=print, encoder: nn.Module | None = None) -> dict[str, Any]:
     """Run the evaluation protocols on a run's encoder (and the baselines); add the results
     to eval.json, where each replaces only an older result of its own key (model and its
-    state, protocol, settings; see :mod:`simclr.evaluation.results`).
+    state, protocol, settings; see `simclr.evaluation.results`).
 
     Args:
         run_dir: a pretraining run dir (its config.yaml gives the dataset and model).

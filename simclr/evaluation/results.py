@@ -1,10 +1,10 @@
 """``eval.json``: evaluation results that accumulate, keyed by what they are of, and their table.
 
 A result is one protocol's numbers for one model (``simclr``, ``random_init``, ``raw_pixels``)
-under given settings. Its key (:func:`result_key`) is the model's name and the digest of its
+under given settings. Its key (`result_key`) is the model's name and the digest of its
 state (``model_sha256``: another encoder, or the same run at another step, is another model),
-the protocol, and ``inputs``: the config values the numbers depend on (:data:`DATA_KEYS`, the
-protocol's :data:`PROTOCOL_KEYS`, precision and device type). Writing new results keeps every
+the protocol, and ``inputs``: the config values the numbers depend on (`DATA_KEYS`, the
+protocol's `PROTOCOL_KEYS`, precision and device type). Writing new results keeps every
 old one whose key none of them has, so ``simclr eval --protocol finetune`` after ``simclr eval``
 adds to the linear / kNN / k-means results instead of replacing them, and a repeat replaces
 only its own entry. Results are kept oldest first.
@@ -53,7 +53,7 @@ def result_key(row: dict[str, Any]) -> str:
 
 
 def merge_results(old: list[dict], new: list[dict]) -> list[dict]:
-    """The old results no new one has the :func:`result_key` of, then the new ones."""
+    """The old results no new one has the `result_key` of, then the new ones."""
     fresh = {result_key(r) for r in new}
     return [r for r in old if result_key(r) not in fresh] + list(new)
 
@@ -79,7 +79,7 @@ def read_eval(path: str | Path) -> dict[str, Any] | None:
 
 
 def protocols_of(results: list[dict], model_sha256: str | None) -> list[str]:
-    """The protocols ``results`` hold for the model with that digest, in :data:`PROTOCOLS`
+    """The protocols ``results`` hold for the model with that digest, in `PROTOCOLS`
     order."""
     have = {r["protocol"] for r in results if r.get("model_sha256") == model_sha256}
     return [p for p in PROTOCOLS if p in have]

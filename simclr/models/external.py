@@ -2,7 +2,7 @@
 import, and any module mapping B x C x H x W floats to B x D (handed to the Python API).
 
 Neither package is a dependency: each is imported only when an arch names it, and a missing
-or broken one is a one-line :class:`SimCLRError` with the fix. Built encoders lose their
+or broken one is a one-line `SimCLRError` with the fix. Built encoders lose their
 classifier (features are the pooled output), take the data's channels, and get the CIFAR stem
 (3x3 stride-1 first conv, no max-pool) for small images where the architecture has a ResNet
 stem (``conv1`` + ``maxpool``) to swap.

@@ -1,7 +1,7 @@
 """The one encoder factory: an encoder's *spec* (arch, width, resolved stem, channels, shortcut,
 zero-init, init: what a config's ``model`` section and the data give, and what an exported
 encoder's metadata records) -> our ResNet, a timm / torchvision model
-(:mod:`simclr.models.external`), or a refusal for a custom module, which only the Python API can
+(`simclr.models.external`), or a refusal for a custom module, which only the Python API can
 hand over. Also the SimCLR model (encoder + projection head) and the checks made before a run
 writes anything.
 """
@@ -37,7 +37,7 @@ def encoder_spec(m: Model, in_channels: int, image_size: int) -> dict[str, Any]:
 
 
 def build_encoder(spec: dict[str, Any], explicit_stem: bool = False) -> nn.Module:
-    """A freshly initialized encoder of a spec (from :func:`encoder_spec`, or an exported
+    """A freshly initialized encoder of a spec (from `encoder_spec`, or an exported
     encoder's metadata: files written before ``shortcut`` existed have identity shortcuts).
 
     Args:
@@ -62,7 +62,7 @@ def build_encoder(spec: dict[str, Any], explicit_stem: bool = False) -> nn.Modul
 
 def encoder_dim(encoder: nn.Module, in_channels: int, image_size: int | tuple[int, int]) -> int:
     """D of an encoder's features: our ResNet's own, else one forward pass
-    (:func:`~simclr.models.external.feature_dim`)."""
+    (`feature_dim`)."""
     if isinstance(encoder, ResNet):
         return encoder.feature_dim
     return feature_dim(encoder, in_channels, image_size)
@@ -71,7 +71,7 @@ def encoder_dim(encoder: nn.Module, in_channels: int, image_size: int | tuple[in
 def check_encoder(m: Model, in_channels: int, image_size: int,
                   encoder: nn.Module | None = None) -> None:
     """SimCLRError now, in one line, when the encoder cannot serve these images: a given module
-    is run once (:func:`~simclr.models.external.feature_dim`), a timm / torchvision one built
+    is run once (`feature_dim`), a timm / torchvision one built
     and run once (``model.stem=cifar`` where it has no ResNet stem; a ViT at another size than
     its own without ``model.kwargs``); our ResNets always build."""
     if encoder is None and is_external(m.arch):

@@ -1,4 +1,4 @@
-"""What every layer may use: where and how numbers are computed (:mod:`~simclr.runtime.compute`:
+"""What every layer may use: where and how numbers are computed (`compute`:
 device, precision, autocast, seeded generators), atomic file writes
-(:mod:`~simclr.runtime.files`) and the caching allocator (:mod:`~simclr.runtime.allocator`).
-The bottom layer with :mod:`simclr.errors` and :mod:`simclr.config`."""
+(`files`) and the caching allocator (`allocator`).
+The bottom layer with `simclr.errors` and `simclr.config`."""

@@ -15,7 +15,7 @@ from simclr.errors import SimCLRError
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda > mps > cpu; anything else must exist on this machine. A CUDA device
-    also gets :func:`cuda_fast_paths`."""
+    also gets `cuda_fast_paths`."""
     if name == "auto":
         if torch.cuda.is_available():
             return cuda_fast_paths(torch.device("cuda"))
@@ -105,7 +105,7 @@ def contention_warning(threads: int, cores: int, busy: int | None) -> str | None
 
 
 def cpu_contention(device: torch.device) -> str | None:
-    """:func:`contention_warning` for this process's torch threads on a CPU device, else None
+    """`contention_warning` for this process's torch threads on a CPU device, else None
     (also when ``SIMCLR_NO_CONTENTION_WARNING=1``: the test suite sets it, as its output must
     not depend on what else runs on the machine)."""
     if device.type != "cpu" or os.environ.get("SIMCLR_NO_CONTENTION_WARNING") == "1":

@@ -1,4 +1,4 @@
-"""Tools on top of training and evaluation: experiment grids (:mod:`~simclr.tools.sweep`), run
-reports and loss curves (:mod:`~simclr.tools.report`), pictures of what an encoder learned
-(:mod:`~simclr.tools.pictures`), the step benchmark (:mod:`~simclr.tools.bench`) and export to
-other libraries' names (:mod:`~simclr.tools.export`)."""
+"""Tools on top of training and evaluation: experiment grids (`sweep`), run
+reports and loss curves (`report`), pictures of what an encoder learned
+(`pictures`), the step benchmark (`bench`) and export to
+other libraries' names (`export`)."""

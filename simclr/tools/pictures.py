@@ -2,8 +2,8 @@
 ``umap`` package is installed) and a grid of test queries with their nearest train images;
 and of what it is trained on: a labelled grid of images and their SimCLR views.
 
-Both use the run's own encoder (:func:`simclr.evaluation.encoder.load_encoder`) on its labeled data
-(:func:`simclr.evaluation.splits.eval_data`); ``section.key=value`` overrides change the data
+Both use the run's own encoder (`simclr.evaluation.encoder.load_encoder`) on its labeled data
+(`simclr.evaluation.splits.eval_data`); ``section.key=value`` overrides change the data
 (``data.root=...``, ``eval.subset=5000`` to cap the neighbour bank, ``train.device=cpu``).
 """
 
@@ -75,7 +75,7 @@ def pick_stratified(labels: Tensor, n: int) -> Tensor:
 
 def _encoder_and_data(run_dir: Path, overrides: list[str] | None, bank: bool = False):
     """The run's config, encoder, labeled data, device and precision; with ``bank`` the data
-    follows ``data.subset`` (:func:`simclr.evaluation.splits.monitor_config`)."""
+    follows ``data.subset`` (`simclr.evaluation.splits.monitor_config`)."""
     from simclr.evaluation.encoder import load_encoder
     from simclr.evaluation.splits import eval_data, monitor_config
     from simclr.runtime.compute import resolve_device, resolve_precision

@@ -1,7 +1,7 @@
 """Reading a run's ``metrics.jsonl``, its summary numbers, the loss/lr/kNN figure of one or
 more runs, and the one-page ``report.md``.
 
-``metrics.jsonl`` (written by :func:`simclr.train.pretrain`) holds one JSON object a line:
+``metrics.jsonl`` (written by `simclr.train.pretrain`) holds one JSON object a line:
 ``kind: window`` every ``train.log_every`` steps (loss = mean over the window, lr,
 images_per_s, time), ``kind: epoch`` at every epoch end (loss = mean over the epoch) and
 ``kind: knn`` after each online kNN evaluation (knn_top1). ``time`` is cumulative training
@@ -120,7 +120,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None,
     """Draw loss (window points and epoch means), lr and online kNN top-1 of the runs.
 
     Three panels side by side, ``FIG_SIZE`` at ``DPI``; the x axis is epochs (steps for runs
-    that have not finished an epoch); one colour per run, labelled by :func:`legend_labels`.
+    that have not finished an epoch); one colour per run, labelled by `legend_labels`.
 
     Args:
         run_dirs: one or more run directories.
@@ -164,7 +164,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out: str | Path | None = None,
             ax_knn.plot(x, [100 * v for v in y], marker=mark, linestyle=style, color=color,
                         linewidth=1.8, markersize=4)
     xlabel = "epoch" if per_epoch else "step"
-    ax_loss.set(title="NT-Xent loss (dots: windows, line: epoch means)", xlabel=xlabel,
+    ax_loss.set(title="training loss (dots: windows, line: epoch means)", xlabel=xlabel,
                 ylabel="loss")
     ax_lr.set(title="learning rate", xlabel=xlabel, ylabel="lr")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))

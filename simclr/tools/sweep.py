@@ -212,12 +212,12 @@ def _model_metric(report: dict[str, Any] | None, protocol: str, key: str) -> flo
 
 
 def table_keys(grid_keys: list[str]) -> list[str]:
-    """The setting columns of a results table: the grid keys, then :data:`SHOWN_SETTINGS`."""
+    """The setting columns of a results table: the grid keys, then `SHOWN_SETTINGS`."""
     return list(grid_keys) + [k for k in SHOWN_SETTINGS if k not in grid_keys]
 
 
 def result_row(cell: Cell) -> dict[str, Any]:
-    """The settings and metrics of a cell: its grid values and :data:`SHOWN_SETTINGS` (as the
+    """The settings and metrics of a cell: its grid values and `SHOWN_SETTINGS` (as the
     cell's resolved config has them), run stats and the simclr rows of its eval.json."""
     report = read_eval(cell.files.eval_json)
     empty = {"epochs": 0, "last_loss": None, "time": None, "images_per_s": None}
@@ -252,7 +252,7 @@ def format_results(rows: list[dict[str, Any]], keys: list[str] | None = None) ->
     """A Markdown table: one row per run, grid values then metrics (percent for accuracies).
 
     Args:
-        rows: from :func:`result_row`.
+        rows: from `result_row`.
         keys: the grid keys; default every row key that is not ``run`` or a metric.
     """
     if keys is None:
@@ -297,10 +297,10 @@ def sweep(config: str | Path | None, grid_specs: list[str], overrides: list[str]
         grid_specs: ``section.key=v1,v2`` strings; cells are their cartesian product.
         overrides: ``section.key=value`` strings for every cell (the grid's values win).
         out: the sweep folder; cells go to ``out/<key>=<value>,...``.
-        protocols: evaluation protocols (see :func:`simclr.evaluation.pipeline.evaluate`).
+        protocols: evaluation protocols (see `simclr.evaluation.pipeline.evaluate`).
 
     Returns:
-        One row per cell (see :func:`result_row`), in grid order.
+        One row per cell (see `result_row`), in grid order.
     """
     from simclr.evaluation.pipeline import evaluate
     from simclr.train.pretrain import pretrain

@@ -48,7 +48,7 @@ def init(device_type: str) -> bool:
 
     NCCL on CUDA (bound to this process's GPU, ``device_id``), gloo otherwise; collectives
     time out after ``SIMCLR_DIST_TIMEOUT`` seconds (default 600) so a dead rank cannot hang the
-    others forever. Also makes the group of :func:`wait_for_main`.
+    others forever. Also makes the group of `wait_for_main`.
 
     Returns:
         True when running distributed.
@@ -70,7 +70,7 @@ def init(device_type: str) -> bool:
 
 
 def _make_wait_group() -> dist.ProcessGroup:
-    """The gloo group of :func:`wait_for_main` (a collective: every rank calls it together)."""
+    """The gloo group of `wait_for_main` (a collective: every rank calls it together)."""
     global _wait_group
     if _wait_group is None:
         _wait_group = dist.new_group(backend="gloo", timeout=WAIT_TIMEOUT)
@@ -80,7 +80,7 @@ def _make_wait_group() -> dist.ProcessGroup:
 def wait_for_main() -> None:
     """Every rank waits here until all have arrived, however long rank 0 takes for its work
     alone (the kNN monitor, a checkpoint on a slow disk): a barrier over a gloo group whose
-    timeout is :data:`WAIT_TIMEOUT`, not the collectives' ``SIMCLR_DIST_TIMEOUT``, which would
+    timeout is `WAIT_TIMEOUT`, not the collectives' ``SIMCLR_DIST_TIMEOUT``, which would
     kill the job. A rank that dies still ends it (gloo sees its connection close; torchrun
     stops the others). No-op on one process."""
     if world_size() > 1:
@@ -189,7 +189,7 @@ class GlobalBatchNorm(_BatchNorm):
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Swap every BatchNorm for global BatchNorm: torch's ``SyncBatchNorm`` on CUDA,
-    :class:`GlobalBatchNorm` elsewhere. Parameters and buffers are kept."""
+    `GlobalBatchNorm` elsewhere. Parameters and buffers are kept."""
     for p in module.parameters():
         if p.is_cuda:
             return nn.SyncBatchNorm.convert_sync_batchnorm(module)

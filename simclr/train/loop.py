@@ -1,6 +1,6 @@
-"""The training loop (:func:`train`) and what it calls, each named: :func:`advance` (one
-step), :func:`log_window`, :func:`end_epoch` (history, kNN monitor, log), :func:`save` and
-:func:`finish` (export). All randomness after model init is a pure function of the seed: the
+"""The training loop (`train`) and what it calls, each named: `advance` (one
+step), `log_window`, `end_epoch` (history, kNN monitor, log), `save` and
+`finish` (export). All randomness after model init is a pure function of the seed: the
 epoch's shuffle of ``(seed, epoch)`` and the step's augmentations of ``(seed, step)``. A run
 resumed from any checkpoint therefore replays exactly the batches and views an uninterrupted
 run would see.
@@ -135,7 +135,7 @@ def start_window(state: TrainState) -> None:
 
 def advance(run: Run, state: TrainState, x: torch.Tensor, y: torch.Tensor | None) -> None:
     """One step: the lr of this step, the views of ``(seed, step)`` at this step's size,
-    :func:`train_step`, the encoder's weight average."""
+    `train_step`, the encoder's weight average."""
     cfg = run.cfg
     state.lr = lr_at(state.step, run.peak_lr, run.warmup_steps, run.total_steps)
     set_lr(state.optimizer, state.lr)

@@ -1,7 +1,7 @@
 """NT-Xent, the normalized temperature-scaled cross-entropy of SimCLR (Chen et al. 2020): the
-loss of a step (:func:`contrastive_loss`, its one entry point), two views (:func:`nt_xent`), V views
-per image with several positives each (:func:`multi_nt_xent`), and the decoupled loss DCL / DCLW
-of Yeh et al. 2022 (:func:`decoupled_loss`)."""
+loss of a step (`contrastive_loss`, its one entry point), two views (`nt_xent`), V views
+per image with several positives each (`multi_nt_xent`), and the decoupled loss DCL / DCLW
+of Yeh et al. 2022 (`decoupled_loss`)."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def multi_nt_xent(z: Tensor, views: int, temperature: float, rank: int = 0, gath
     ``labels`` (SupCon), every other view of every image with its label. Every other view in
     the (global) batch is a negative. Per anchor: the mean over its positives of
     -log softmax(cosine / T) over all views but itself; the result is the mean over the local
-    V·N anchors. For V = 2 without labels this is :func:`nt_xent`; with all similarities equal
+    V·N anchors. For V = 2 without labels this is `nt_xent`; with all similarities equal
     it is ln(V·M - 1) (M images in the global batch).
 
     Args:
@@ -186,10 +186,10 @@ def contrastive_loss(z: Tensor, views: int, temperature: float, rank: int = 0, g
                      sigma: float = 0.5) -> Tensor:
     """The loss of a training step on V views of N images (the mean over the V·N views).
 
-    ``name`` ntxent: two views and no labels, :func:`nt_xent` on the two halves, which is
-    :func:`multi_nt_xent` for V = 2 (a test proves them equal) written as the reference's
-    two-view form: the official presets' step, bit for bit; otherwise :func:`multi_nt_xent`.
-    ``dcl`` / ``dclw``: :func:`decoupled_loss` (``dclw``: weighted, with ``sigma``).
+    ``name`` ntxent: two views and no labels, `nt_xent` on the two halves, which is
+    `multi_nt_xent` for V = 2 (a test proves them equal) written as the reference's
+    two-view form: the official presets' step, bit for bit; otherwise `multi_nt_xent`.
+    ``dcl`` / ``dclw``: `decoupled_loss` (``dclw``: weighted, with ``sigma``).
 
     Args:
         z: (V·N) x D projections, view-major (row v·N + i: view v of image i).

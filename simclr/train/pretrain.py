@@ -1,9 +1,9 @@
 """``pretrain(cfg)``: the SimCLR training loop, with metrics, checkpoints and exact resume.
 
-The loop (:func:`train`) reads in one screen; what it calls is named: :func:`build` (the
-run's fixed parts and a fresh :class:`TrainState`), :func:`resume`, :func:`advance` (one
-step), :func:`log_window`, :func:`end_epoch` (history, kNN monitor, log), :func:`save` and
-:func:`finish` (export). All randomness after model init is a pure function of the seed: the
+The loop (`train`) reads in one screen; what it calls is named: `build` (the
+run's fixed parts and a fresh `TrainState`), `resume`, `advance` (one
+step), `log_window`, `end_epoch` (history, kNN monitor, log), `save` and
+`finish` (export). All randomness after model init is a pure function of the seed: the
 epoch's shuffle of ``(seed, epoch)`` and the step's augmentations of ``(seed, step)``. A run
 resumed from any checkpoint therefore replays exactly the batches and views an uninterrupted
 run would see.

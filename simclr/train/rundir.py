@@ -1,8 +1,8 @@
-"""A run directory and everything in it: :class:`RunDir` owns a run's paths, its config (saved
+"""A run directory and everything in it: `RunDir` owns a run's paths, its config (saved
 resolved; loaded with the one "not found" message), the metrics log (appended, read, trimmed to
 the checkpoint on resume), the lock, atomic checkpoints (loaded with ``weights_only=True``), the
 safetensors encoder export and the loss history, and the rules for resuming it. Every file is
-written through :func:`simclr.runtime.files.atomic_write`.
+written through `simclr.runtime.files.atomic_write`.
 
 Layout of a run dir::
 
@@ -203,7 +203,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore :func:`rng_state`; device states in older checkpoints (``cuda``) are ignored."""
+    """Restore `rng_state`; device states in older checkpoints (``cuda``) are ignored."""
     torch.set_rng_state(state["torch"])
 
 
@@ -225,7 +225,7 @@ def resume_changes(saved: dict, planned: dict) -> list[str]:
 
 
 def check_resume(saved: dict, planned: dict, force: bool, run_dir: Path) -> None:
-    """SimCLRError, unless ``force``, when :func:`resume_changes` finds any."""
+    """SimCLRError, unless ``force``, when `resume_changes` finds any."""
     changed = resume_changes(saved, planned)
     if changed and not force:
         raise SimCLRError(
@@ -260,8 +260,8 @@ def encoder_file(run_dir_or_file: str | Path) -> Path:
 
 
 class RunDir:
-    """A run directory: its files' paths (:attr:`config`, :attr:`metrics`,
-    :attr:`checkpoint`, :attr:`encoder`, ...) and what is done with them."""
+    """A run directory: its files' paths (`config`, `metrics`,
+    `checkpoint`, `encoder`, ...) and what is done with them."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -306,7 +306,7 @@ class RunDir:
         trim_metrics(self.metrics, step)
 
     def lock(self):
-        """:func:`run_lock` on this run dir (a context manager)."""
+        """`run_lock` on this run dir (a context manager)."""
         return run_lock(self.path)
 
     def check_writable(self) -> None:

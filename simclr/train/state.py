@@ -1,7 +1,7 @@
-"""A training run's two halves: :class:`Run`, what stays fixed while it trains (config,
-data, schedule, places, process role), and :class:`TrainState`, what a step changes (model,
-optimizer, scaler, step, losses); :func:`build` makes both, :func:`resume` loads a checkpoint
-into the state. The loop that uses them is :func:`simclr.train.loop.train`."""
+"""A training run's two halves: `Run`, what stays fixed while it trains (config,
+data, schedule, places, process role), and `TrainState`, what a step changes (model,
+optimizer, scaler, step, losses); `build` makes both, `resume` loads a checkpoint
+into the state. The loop that uses them is `simclr.train.loop.train`."""
 
 from __future__ import annotations
 

@@ -34,11 +34,11 @@ def train_step(model, optimizer, scaler, views: torch.Tensor | list[torch.Tensor
 
     ``views`` is one tensor of V x B views, view-major (rows k*B .. (k+1)*B - 1: view k of
     each image; V = 2: first half view 1), or a list of such tensors, one per view size
-    (:func:`~simclr.augment.views.make_views`); V is the number of views ``augment.views`` makes.
+    (`make_views`); V is the number of views ``augment.views`` makes.
     The encoder runs once per size (BatchNorm statistics per size group), the head once.
 
     The returned (logged) loss is the per-view mean NT-Xent
-    (:func:`~simclr.train.loss.contrastive_loss`: every other view of the image, or with
+    (`contrastive_loss`: every other view of the image, or with
     ``labels`` of its class, a positive), ln(V·N - 1) at random init.
     The optimizer minimizes ``loss.scale`` times it (2 = the tf reference's ``mean(loss_a +
     loss_b)``, which under LARS halves the relative weight decay and doubles the BN/bias step).
