@@ -48,7 +48,8 @@ def keys_help(width: int = 100) -> str:
 
     lines = textwrap.wrap("config overrides: --section.key=value (or --section.key value); "
                           "lists as --augment.crop_scale=0.2,1. Keys and defaults (their "
-                          "meaning: docs/reference/config.md):", width)
+                          "meaning: the docs' config keys page, written from "
+                          "simclr/config/schema.py):", width)
     for section, values in Config().to_dict().items():
         items = " ".join(f"{k}={_text(v)}" for k, v in values.items())
         lines += textwrap.wrap(f"{section}: {items}", width, initial_indent="  ",
