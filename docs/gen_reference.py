@@ -16,7 +16,7 @@ from pathlib import Path
 
 import mkdocs_gen_files
 
-from simclr.cli import _parser
+from simclr.cli import _parser, _text
 from simclr.config import OPTIM_DEFAULTS, Config
 from simclr.config import schema as schema_module
 
@@ -28,6 +28,7 @@ def field_comments() -> dict[tuple[str, str], str]:
     """(class name, field) -> the comment beside the field in schema.py, with the comment
     lines right above it."""
     source = Path(schema_module.__file__).read_text()
+    source_lines = source.splitlines()
     comments: dict[int, str] = {}
     for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
@@ -39,7 +40,7 @@ def field_comments() -> dict[tuple[str, str], str]:
         for item in node.body:
             if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
                 above, line = [], item.lineno - 1
-                while line in comments and source.splitlines()[line - 1].lstrip().startswith("#"):
+                while line in comments and source_lines[line - 1].lstrip().startswith("#"):
                     above.insert(0, comments[line])
                     line -= 1
                 beside = comments.get(item.lineno, "")
@@ -51,14 +52,6 @@ def type_text(tp) -> str:
     if typing.get_origin(tp) is typing.Literal:
         return " \\| ".join(f"`{c}`" for c in typing.get_args(tp))
     return f"`{getattr(tp, '__name__', None) or str(tp).replace('typing.', '')}`"
-
-
-def value_text(value) -> str:
-    if isinstance(value, (list, tuple)):
-        return ",".join(value_text(v) for v in value)
-    if value is None or isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def config_page() -> str:
@@ -79,9 +72,9 @@ def config_page() -> str:
             if not meaning:  # every key is documented: one without a comment fails the build
                 raise SystemExit(f"{section.name}.{f.name}: no comment in simclr/config/schema.py")
             lines.append(f"| `{section.name}.{f.name}` | {type_text(hints[f.name])} | "
-                         f"`{value_text(getattr(values, f.name))}` | {meaning} |")
+                         f"`{_text(getattr(values, f.name))}` | {meaning} |")
         lines.append("")
-    per = ", ".join(f"{n}: {value_text(d['lr'])} / {value_text(d['weight_decay'])}"
+    per = ", ".join(f"{n}: {_text(d['lr'])} / {_text(d['weight_decay'])}"
                     for n, d in OPTIM_DEFAULTS.items())
     lines += ["`optim.lr` / `optim.weight_decay` left unset (`none`) are the optimizer's own: "
               f"{per}.", ""]

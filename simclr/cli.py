@@ -35,7 +35,7 @@ def _split_overrides(extra: list[str], parser: argparse.ArgumentParser) -> list[
 
 def _text(value) -> str:
     """A default as it is typed on the command line: ``0.08,1``, ``true``, ``none``."""
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return ",".join(_text(v) for v in value)
     if value is None or isinstance(value, bool):
         return str(value).lower()
