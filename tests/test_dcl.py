@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from simclr.train.loss import _nmf_weights, contrastive_loss, decoupled_loss
-from tests.helpers import second_rank_gather, two_rank_shards
+from tests.helpers import cli, one_line_error, second_rank_gather, two_rank_shards
 
 
 def reference_anchors(z: torch.Tensor, views: int, t: float, labels=None, sigma=None,
@@ -199,3 +199,18 @@ def test_agrees_with_lightly(n, t, sigma):
                 F.normalize(z1, dim=1), F.normalize(z2, dim=1), sigma=sigma)
         torch.testing.assert_close(_nmf_weights(s, torch.cat([s, s]), sigma), want,
                                    rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--loss.name=dclw", "--loss.dclw_sigma=0"], "loss.dclw_sigma must be > 0"),
+    (["--loss.name=dclw", "--loss.supervised=true"],
+     "loss.name=dclw weights the two views of one image"),
+    (["--loss.name=dcll"], "loss.name"),
+], ids=["sigma-0", "dclw-supervised", "unknown-name"])
+def test_impossible_loss_settings_are_one_line_and_write_nothing(mnist_root, tmp_path, args,
+                                                                 fragment):
+    out = tmp_path / "run"
+    proc = cli("pretrain", "--run-dir", out, "--data.name=mnist", f"--data.root={mnist_root}",
+               "--data.download=false", "--model.width=0.0625", *args)
+    one_line_error(proc, fragment)
+    assert not out.exists()

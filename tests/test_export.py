@@ -15,7 +15,7 @@ import simclr
 from simclr.errors import SimCLRError
 from simclr.models.resnet import ResNet
 from simclr.tools.export import export_program, export_torchvision, from_torchvision, to_torchvision
-from tests.helpers import cli
+from tests.helpers import cli, one_line_error
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 LAYOUT = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet34": ("basic", (3, 4, 6, 3)),
@@ -191,6 +191,8 @@ def test_pt2_refuses_a_custom_module_and_writes_nothing(tmp_path):
     export_encoder(tmp_path / "encoder.safetensors", torch.nn.Conv2d(3, 2, 1), meta)
     with pytest.raises(SimCLRError, match="custom module, which cannot be rebuilt"):
         export_program(tmp_path)
+    line = one_line_error(cli("export", tmp_path, "--format", "pt2"), "custom module")
+    assert "torch.export.export(" in line
     assert not (tmp_path / "encoder.pt2").exists()
 
 
